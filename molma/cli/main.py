@@ -1,0 +1,58 @@
+"""``molma`` entry point: discovers subcommand modules in :mod:`molma.cli` and dispatches to them.
+
+Each module ``molma/cli/<name>.py`` exposes ``register(subparsers) -> None`` which adds its parser and
+sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+The CLI only parses arguments and calls the Python API; no logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+import molma
+import molma.cli
+from molma.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="molma",
+        description="Multi-objective alignment of language models (MOLMA, GAPO, P-GAPO) and MBHI.",
+    )
+    parser.add_argument("--version", action="version", version=f"molma {molma.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(molma.cli.__path__), key=lambda m: m.name):
+        if info.name in {"main", "common"} or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"molma.cli.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"molma {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Saved evaluation responses (``responses.jsonl``), shared by ``molma eval``, ``molma report`` and
+``molma human-eval``.
+
+One JSON object per line (see docs/DEVELOPING.md)::
+
+    {"prompt_id": "p0007", "prompt": "...", "tag": "help", "model": "molma", "response": "...",
+     "scores": {"help": 0.41, "safe": -1.2}}
+
+Keeping every response with every objective's score lets an evaluation be re-scored with other reward
+models, audited, or ranked by humans without regenerating (paper section 4.3: the same prompts go to
+every model, then each reward model scores every response).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED = ("prompt_id", "prompt", "model", "response")
+
+
+@dataclass
+class ResponseRecord:
+    """One model's response to one test prompt, with the score of every objective computed so far."""
+
+    prompt_id: str
+    prompt: str
+    model: str
+    response: str
+    tag: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"prompt_id": self.prompt_id, "prompt": self.prompt, "tag": self.tag, "model": self.model,
+                "response": self.response, "scores": dict(self.scores)}
+
+
+def prompt_id(index: int, total: int) -> str:
+    """``p0007``-style id of the ``index``-th test prompt (at least 4 digits, more for big sets)."""
+    return f"p{index:0{max(4, len(str(max(total - 1, 0))))}d}"
+
+
+def _parse_line(line: str, where: str) -> ResponseRecord:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in REQUIRED:
+        if key not in obj:
+            raise ValueError(f"{where}: missing field {key!r}")
+        if not isinstance(obj[key], str):
+            raise ValueError(f"{where}: field {key!r} must be a string")
+    scores = obj.get("scores") or {}
+    if not isinstance(scores, dict):
+        raise ValueError(f"{where}: field 'scores' must be an object")
+    clean: dict[str, float] = {}
+    for name, value in scores.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{where}: field 'scores.{name}' must be a finite number, got {value!r}")
+        clean[str(name)] = float(value)
+    tag = obj.get("tag") or ""
+    if not isinstance(tag, str):
+        raise ValueError(f"{where}: field 'tag' must be a string")
+    return ResponseRecord(prompt_id=obj["prompt_id"], prompt=obj["prompt"], model=obj["model"],
+                          response=obj["response"], tag=tag, scores=clean)
+
+
+def read_responses(path: str | Path) -> list[ResponseRecord]:
+    """Read ``responses.jsonl``; blank lines are skipped, errors name the file, line and field.
+
+    A (model, prompt_id) pair may appear only once.
+    """
+    path = Path(path)
+    records: list[ResponseRecord] = []
+    seen: dict[tuple[str, str], int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rec = _parse_line(line, f"{path}:{lineno}")
+            key = (rec.model, rec.prompt_id)
+            if key in seen:
+                raise ValueError(f"{path}:{lineno}: duplicate response of model {rec.model!r} to prompt "
+                                 f"{rec.prompt_id!r} (first at line {seen[key]})")
+            seen[key] = lineno
+            records.append(rec)
+    return records
+
+
+def write_responses(path: str | Path, records: Iterable[ResponseRecord]) -> None:
+    """Write records atomically (temporary file + ``os.replace``), one JSON object per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` as indented JSON atomically; NaN/inf are refused rather than written silently."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def models_in(records: Sequence[ResponseRecord]) -> list[str]:
+    """Model names in order of first appearance."""
+    return list(dict.fromkeys(r.model for r in records))
+
+
+def objectives_in(records: Sequence[ResponseRecord]) -> list[str]:
+    """Objectives scored for *every* record, in order of first appearance."""
+    if not records:
+        return []
+    names = list(dict.fromkeys(k for r in records for k in r.scores))
+    return [k for k in names if all(k in r.scores for r in records)]
+
+
+def score_matrix(records: Sequence[ResponseRecord], models: Sequence[str] | None = None,
+                 objectives: Sequence[str] | None = None) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+    """Align scores by prompt: ``(prompt_ids, scores[model][objective] -> array over prompt_ids)``.
+
+    Only prompts answered by every listed model are kept (in order of first appearance), so win rates
+    always compare responses to the same prompt. Raises if an objective is missing for a record.
+    """
+    models = list(models) if models is not None else models_in(records)
+    objectives = list(objectives) if objectives is not None else objectives_in(records)
+    by_model: dict[str, dict[str, ResponseRecord]] = {m: {} for m in models}
+    order: list[str] = []
+    for rec in records:
+        if rec.model in by_model:
+            by_model[rec.model][rec.prompt_id] = rec
+            order.append(rec.prompt_id)
+    common = [p for p in dict.fromkeys(order) if all(p in by_model[m] for m in models)]
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for m in models:
+        scores[m] = {}
+        for obj in objectives:
+            values = []
+            for p in common:
+                rec = by_model[m][p]
+                if obj not in rec.scores:
+                    raise ValueError(f"response of model {m!r} to prompt {p!r} has no {obj!r} score; "
+                                     f"re-score with: molma eval --rescore DIR --rm {obj}=...")
+                values.append(rec.scores[obj])
+            scores[m][obj] = np.asarray(values, dtype=float)
+    return common, scores

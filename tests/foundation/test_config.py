@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from molma.config import ConfigError, check_range, load_config, parse_overrides, to_dict
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.95)
+
+    def __post_init__(self) -> None:
+        check_range("lr", self.lr, low=0.0, low_open=True)
+
+
+@dataclass
+class Stage:
+    name: str = "x"
+    steps: int = 3
+    mode: Literal["exact", "fast"] = "exact"
+    weights: list[float] | None = None
+    lora: bool = False
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\noptim:\n  lr: 0.001\n")
+    cfg = load_config(Stage, path, ["optim.betas=[0.8, 0.99]", "--mode=fast", "weights=[1, 2]"])
+    assert cfg.steps == 5 and cfg.mode == "fast"
+    assert cfg.optim.lr == pytest.approx(1e-3) and cfg.optim.betas == (0.8, 0.99)
+    assert cfg.weights == [1.0, 2.0] and isinstance(cfg.weights[0], float)
+    assert to_dict(cfg)["optim"]["betas"] == [0.8, 0.99]
+
+
+def test_unknown_key_names_file_and_known_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("stepz: 5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'stepz'.*known keys: .*steps"):
+        load_config(Stage, path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("steps=abc", r"steps: expected an integer, got 'abc'"),
+        ("steps=1.5", r"steps: expected an integer"),
+        ("lora=3", r"lora: expected true/false"),
+        ("mode=slow", r"mode: expected one of \['exact', 'fast'\]"),
+        ("optim.lr=-1", r"lr must be > 0"),
+        ("novalue", r"not of the form key=value"),
+        ("optim.nope=1", r"unknown key\(s\) 'nope' for Optim"),
+    ],
+)
+def test_bad_values_are_reported(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Stage, None, [override])
+
+
+def test_missing_file_and_section(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Stage, tmp_path / "none.yaml")
+    path = tmp_path / "s.yaml"
+    path.write_text("a: {steps: 2}\n")
+    assert load_config(Stage, path, section="a").steps == 2
+    with pytest.raises(ConfigError, match="no section 'b'"):
+        load_config(Stage, path, section="b")
+
+
+def test_parse_overrides_nested_and_yaml_values():
+    assert parse_overrides(["a.b=1e-3", "c=true", "d=[x, y]", "e="]) == {
+        "a": {"b": 1e-3}, "c": True, "d": ["x", "y"], "e": ""}
