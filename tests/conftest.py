@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 HH_HARMLESS = SHARED_DATA / "hh-rlhf" / "harmless-base-test-first1800.jsonl.gz"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: tiny test models gain nothing from more, and parallel runs oversubscribe the cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -150,7 +150,8 @@ def objectives_in(records: Sequence[ResponseRecord]) -> list[str]:
 
 
 def score_matrix(records: Sequence[ResponseRecord], models: Sequence[str] | None = None,
-                 objectives: Sequence[str] | None = None) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+                 objectives: Sequence[str] | None = None
+                 ) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
     """Align scores by prompt: ``(prompt_ids, scores[model][objective] -> array over prompt_ids)``.
 
     Only prompts answered by every listed model are kept (in order of first appearance), so win rates
@@ -178,3 +179,14 @@ def score_matrix(records: Sequence[ResponseRecord], models: Sequence[str] | None
                 values.append(rec.scores[obj])
             scores[m][obj] = np.asarray(values, dtype=float)
     return common, scores
+
+
+def read_json_if_exists(path: str | Path):
+    """Parsed JSON of ``path``, or ``None`` when the file does not exist; errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None

@@ -1,0 +1,872 @@
+"""Readers: preference pairs and prompts from local files, hub datasets, the builtin set and in-memory rows.
+
+Formats (``format=``; ``"auto"`` detects them from the field names when that is unambiguous):
+
+- ``hh``: ``chosen``/``rejected`` hold whole ``\\n\\nHuman: ...\\n\\nAssistant: ...`` dialogues sharing every
+  turn but the final reply. Pairs: prompt = the shared context up to the final ``\\n\\nAssistant:``,
+  chosen/rejected = the final replies; prompts: that context (or its first Human turn).
+- ``pku`` (PKU-SafeRLHF): ``prompt``, ``response_0``, ``response_1`` and ``better_response_id``
+  (``objective="help"``) or ``safer_response_id`` (``objective="safe"``).
+- ``shp`` (Stanford SHP): ``history``, ``human_ref_A``, ``human_ref_B``, ``labels`` (1: A preferred).
+- ``alpaca`` (Alpaca, Alpaca-cleaned), prompts only: ``instruction``, plus ``input`` after a blank line
+  when non-empty.
+- ``columns``: plain files with named columns (default ``prompt``/``chosen``/``rejected``; ``columns=``
+  / ``column=`` pick others).
+
+Containers: JSONL, a JSON array (Alpaca's ``alpaca_data.json``), CSV/TSV (by suffix); gzip is detected
+from its magic bytes. A ``source`` is a path, ``builtin:help`` / ``builtin:pairs_safe`` / ...,
+``hub:NAME?split=test&data_dir=harmless-base&name=CONFIG`` (``datasets.load_dataset``; well-known names
+such as ``Anthropic/hh-rlhf`` work without the prefix), or an iterable of mappings (e.g. a
+``datasets.Dataset`` or a list of dicts).
+
+Every bad row raises :class:`DataFormatError` naming file, line and field. With ``skip_invalid=True``
+bad rows are skipped instead; the returned :class:`Records` list carries a :class:`ReadReport`
+(``records.report``) with every error, and a warning with the count and first reasons is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import json
+import logging
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+from molma.data.chat import to_messages
+from molma.data.records import PreferencePair, Prompt
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = Mapping[str, Any]
+Source = str | Path | Iterable[Row]
+
+PAIR_FORMATS = ("hh", "pku", "shp", "columns")
+PROMPT_FORMATS = ("hh", "pku", "shp", "alpaca", "columns")
+FORMAT_ALIASES = {
+    "jsonl": "columns",
+    "json": "columns",
+    "csv": "columns",
+    "tsv": "columns",
+    "hh-rlhf": "hh",
+    "pku-saferlhf": "pku",
+    "saferlhf": "pku",
+    "alpaca-cleaned": "alpaca",
+}
+OBJECTIVES = ("help", "safe")
+OBJECTIVE_ALIASES = {
+    "help": "help",
+    "helpful": "help",
+    "helpfulness": "help",
+    "better": "help",
+    "safe": "safe",
+    "safety": "safe",
+    "safer": "safe",
+    "harmless": "safe",
+    "harmlessness": "safe",
+}
+PKU_CHOICE_FIELD = {"help": "better_response_id", "safe": "safer_response_id"}
+# Hub names accepted without the ``hub:`` prefix (when no local path of that name exists).
+KNOWN_HUB_DATASETS = (
+    "Anthropic/hh-rlhf",
+    "PKU-Alignment/PKU-SafeRLHF",
+    "PKU-Alignment/PKU-SafeRLHF-30K",
+    "PKU-Alignment/PKU-SafeRLHF-10K",
+    "stanfordnlp/SHP",
+    "tatsu-lab/alpaca",
+    "yahma/alpaca-cleaned",
+)
+# Column names tried, in order, when reading prompts from a file with unknown fields.
+PROMPT_COLUMNS = ("prompt", "question", "query", "text")
+
+_HUMAN = "\n\nHuman:"
+_ASSISTANT = "\n\nAssistant:"
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class DataFormatError(ValueError):
+    """Bad input data; ``str(err)`` reads ``data.jsonl:17: field 'chosen': missing``.
+
+    Attributes: ``path`` (source as given, or None), ``line`` (1-based line or row number, or None),
+    ``field`` (field/column name, or None) and ``reason`` (the message without location).
+    """
+
+    def __init__(
+        self, reason: str, path: str | None = None, line: int | None = None, field: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.field = field
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = []
+        if self.path is not None or self.line is not None:
+            where = self.path if self.path is not None else "<row>"
+            parts.append(where if self.line is None else f"{where}:{self.line}")
+        if self.field is not None:
+            parts.append(f"field '{self.field}'")
+        parts.append(self.reason)
+        return ": ".join(parts)
+
+    def located(self, path: str | None, line: int | None) -> DataFormatError:
+        """A copy of this error with the source location filled in."""
+        return type(self)(self.reason, path if self.path is None else self.path,
+                          line if self.line is None else self.line, self.field)
+
+    def __reduce__(self):  # keep the attributes through pickling / copying
+        return (type(self), (self.reason, self.path, self.line, self.field))
+
+
+class _FatalError(DataFormatError):
+    """An error after which the rest of the source cannot be read (e.g. truncated gzip)."""
+
+
+@dataclass
+class ReadReport:
+    """What a read did: rows examined, records returned, every skipped row's error.
+
+    ``complete`` is False when reading stopped before the end of the source (``limit`` reached, or an
+    unrecoverable error such as a truncated gzip stream). ``duplicates`` counts rows dropped by
+    ``dedupe=True`` (these are not errors).
+    """
+
+    source: str
+    format: str = ""
+    rows: int = 0
+    records: int = 0
+    duplicates: int = 0
+    errors: list[DataFormatError] = field(default_factory=list)
+    complete: bool = True
+
+    @property
+    def skipped(self) -> int:
+        """Number of invalid rows skipped."""
+        return len(self.errors)
+
+    def summary(self, max_errors: int = 3) -> str:
+        """One paragraph: counts and the first ``max_errors`` reasons."""
+        text = f"{self.source}: {self.records} records from {self.rows} rows"
+        if self.format:
+            text += f" (format {self.format})"
+        if self.duplicates:
+            text += f"; {self.duplicates} duplicates dropped"
+        if self.errors:
+            text += f"; {self.skipped} invalid rows skipped"
+            shown = [str(err) for err in self.errors[:max_errors]]
+            text += ", first: " + "; ".join(shown)
+            if self.skipped > max_errors:
+                text += f"; ... ({self.skipped - max_errors} more)"
+        if not self.complete:
+            text += "; stopped before the end of the source"
+        return text
+
+
+class Records(list[T]):
+    """A plain list of records with the :class:`ReadReport` of the read that produced it (``.report``)."""
+
+    def __init__(self, items: Iterable[T] = (), report: ReadReport | None = None) -> None:
+        super().__init__(items)
+        self.report = report if report is not None else ReadReport(source="")
+
+
+# ------------------------------------------------------------------------------------ value checks
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _text(row: Row, key: str, allow_empty: bool = False) -> str:
+    """``row[key]`` as text; missing / null / non-text / whitespace-only values are errors."""
+    if key not in row or row[key] is None:
+        raise DataFormatError("missing", field=key)
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataFormatError(f"expected text, got {_type_name(value)} {value!r:.40}", field=key)
+    if not allow_empty and not value.strip():
+        raise DataFormatError("empty text", field=key)
+    return value
+
+
+def _binary_choice(row: Row, key: str) -> int:
+    """``row[key]`` as 0 or 1 (ints, or "0"/"1" as CSV gives them)."""
+    if key not in row or row[key] is None:
+        raise DataFormatError("missing", field=key)
+    value = row[key]
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return value
+    raise DataFormatError(f"expected 0 or 1, got {_type_name(value)} {value!r:.40}", field=key)
+
+
+def _check_distinct(chosen: str, rejected: str, chosen_field: str, rejected_field: str) -> None:
+    if chosen == rejected:
+        raise DataFormatError(f"identical to '{chosen_field}'", field=rejected_field)
+
+
+def normalize_objective(objective: str) -> str:
+    """``"help"`` or ``"safe"`` from an objective name or alias (helpful, safety, harmless, ...)."""
+    key = str(objective).strip().lower()
+    if key not in OBJECTIVE_ALIASES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
+    return OBJECTIVE_ALIASES[key]
+
+
+def normalize_format(fmt: str, kind: str = "pairs") -> str:
+    """Canonical format name (``auto`` or one of the formats for ``kind`` 'pairs'/'prompts')."""
+    key = str(fmt).strip().lower()
+    key = FORMAT_ALIASES.get(key, key)
+    allowed = PAIR_FORMATS if kind == "pairs" else PROMPT_FORMATS
+    if key != "auto" and key not in allowed:
+        raise ValueError(f"unknown {kind} format {fmt!r}; expected 'auto' or one of {list(allowed)}")
+    return key
+
+
+# ------------------------------------------------------------------------------------ HH transcripts
+
+
+def split_hh_transcript(text: str, field_name: str = "chosen") -> tuple[str, str]:
+    """Split an HH-RLHF dialogue into ``(prompt, final_reply)``.
+
+    The prompt is everything up to and including the ``\\n\\nAssistant:`` that answers the last
+    ``\\n\\nHuman:`` turn (in well-formed dialogues, the last ``\\n\\nAssistant:``); the reply is the rest,
+    stripped. A few HH dialogues continue an Assistant reply in a second ``\\n\\nAssistant:`` block
+    without a Human turn between; that continuation stays part of the reply.
+    The reply may be empty: HH has dialogues whose preferred final reply is empty.
+    """
+    if text.lstrip().startswith("Human:") and not text.startswith(_HUMAN):
+        text = "\n\n" + text.lstrip()
+    last_human = text.rfind(_HUMAN)
+    if last_human < 0:
+        raise DataFormatError("not an HH dialogue: no '\\n\\nHuman:' turn", field=field_name)
+    answer = text.find(_ASSISTANT, last_human)
+    if answer < 0:
+        raise DataFormatError("no '\\n\\nAssistant:' after the last Human turn", field=field_name)
+    if not text[last_human + len(_HUMAN) : answer].strip():
+        raise DataFormatError("the last Human turn is empty", field=field_name)
+    end = answer + len(_ASSISTANT)
+    return text[:end], text[end:].strip()
+
+
+def _hh_pair(row: Row) -> tuple[str, str, str]:
+    chosen_prompt, chosen = split_hh_transcript(_text(row, "chosen"), "chosen")
+    rejected_prompt, rejected = split_hh_transcript(_text(row, "rejected"), "rejected")
+    if chosen_prompt != rejected_prompt:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(chosen_prompt, rejected_prompt)) if a != b),
+            min(len(chosen_prompt), len(rejected_prompt)),
+        )
+        raise DataFormatError(
+            f"dialogue context differs from 'chosen' (first difference at character {at})",
+            field="rejected",
+        )
+    _check_distinct(chosen, rejected, "chosen", "rejected")
+    return chosen_prompt, chosen, rejected
+
+
+# ---------------------------------------------------------------------------------- row conversion
+
+
+def _pair_columns(columns: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+    names = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+    if columns is None:
+        return names
+    if isinstance(columns, Mapping):
+        unknown = set(columns) - set(names)
+        if unknown:
+            raise ValueError(f"columns: unknown keys {sorted(unknown)}; expected prompt, chosen, rejected")
+        names.update({k: str(v) for k, v in columns.items()})
+        return names
+    if isinstance(columns, str) or len(columns) != 3:
+        raise ValueError(f"columns: expected 3 names (prompt, chosen, rejected), got {columns!r}")
+    return dict(zip(names, map(str, columns)))
+
+
+def pair_from_row(
+    row: Row,
+    format: str,
+    objective: str | None = None,
+    columns: Mapping[str, str] | Sequence[str] | None = None,
+    source: str = "",
+) -> PreferencePair:
+    """One :class:`PreferencePair` from one row of a dataset in ``format`` (not ``auto``).
+
+    Raises :class:`DataFormatError` (with ``field`` set, no location) for a bad row.
+    """
+    fmt = normalize_format(format, "pairs")
+    if fmt == "hh":
+        prompt, chosen, rejected = _hh_pair(row)
+    elif fmt == "pku":
+        if objective is None:
+            raise ValueError("PKU-SafeRLHF needs objective='help' (better_response_id) or 'safe' "
+                             "(safer_response_id)")
+        prompt = _text(row, "prompt").strip()
+        responses = [_text(row, "response_0").strip(), _text(row, "response_1").strip()]
+        _check_distinct(responses[0], responses[1], "response_0", "response_1")
+        better = _binary_choice(row, PKU_CHOICE_FIELD[normalize_objective(objective)])
+        chosen, rejected = responses[better], responses[1 - better]
+    elif fmt == "shp":
+        prompt = _text(row, "history").strip()
+        a, b = _text(row, "human_ref_A").strip(), _text(row, "human_ref_B").strip()
+        _check_distinct(a, b, "human_ref_A", "human_ref_B")
+        chosen, rejected = (a, b) if _binary_choice(row, "labels") == 1 else (b, a)
+    elif fmt == "columns":
+        names = _pair_columns(columns)
+        prompt = _text(row, names["prompt"]).strip()
+        chosen = _text(row, names["chosen"]).strip()
+        rejected = _text(row, names["rejected"]).strip()
+        _check_distinct(chosen, rejected, names["chosen"], names["rejected"])
+    else:  # pragma: no cover - normalize_format rejects anything else
+        raise ValueError(f"cannot read pairs from format {fmt!r}")
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source)
+
+
+def _alpaca_prompt(row: Row) -> str:
+    instruction = _text(row, "instruction").strip()
+    extra = row.get("input")
+    if extra is None:
+        return instruction
+    if not isinstance(extra, str):
+        raise DataFormatError(f"expected text, got {_type_name(extra)} {extra!r:.40}", field="input")
+    return f"{instruction}\n\n{extra.strip()}" if extra.strip() else instruction
+
+
+def prompt_from_row(
+    row: Row,
+    format: str,
+    tag: str = "",
+    column: str | None = None,
+    first_turn: bool = False,
+    source: str = "",
+) -> Prompt:
+    """One :class:`Prompt` from one row of a dataset in ``format`` (not ``auto``).
+
+    ``hh``: the dialogue context of ``chosen`` (up to the final ``\\n\\nAssistant:``); ``alpaca``:
+    instruction, then a blank line and the input when that is non-empty; ``pku``: ``prompt``;
+    ``shp``: ``history``; ``columns``: ``column`` (default ``prompt``). ``first_turn=True`` keeps only
+    the first Human turn of a dialogue (plain prompts are unchanged).
+    """
+    fmt = normalize_format(format, "prompts")
+    if fmt == "hh":
+        text, _ = split_hh_transcript(_text(row, "chosen"), "chosen")
+    elif fmt == "alpaca":
+        text = _alpaca_prompt(row)
+    else:
+        name = column or {"pku": "prompt", "shp": "history"}.get(fmt, "prompt")
+        text = _text(row, name).strip()
+    if first_turn:
+        messages = to_messages(text)
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if not users or not users[0]:
+            raise DataFormatError("the first Human turn is empty", field="chosen" if fmt == "hh" else column)
+        text = users[0]
+    return Prompt(text=text, tag=tag, source=source)
+
+
+# ------------------------------------------------------------------------------- format detection
+
+
+def detect_pair_format(fields: Iterable[str]) -> str | None:
+    """The pair format whose fields are all present, None if none; ambiguity is a ``ValueError``."""
+    f = set(fields)
+    found = []
+    if {"prompt", "response_0", "response_1"} <= f and f & set(PKU_CHOICE_FIELD.values()):
+        found.append("pku")
+    if {"history", "human_ref_A", "human_ref_B", "labels"} <= f:
+        found.append("shp")
+    if {"prompt", "chosen", "rejected"} <= f:
+        found.append("columns")
+    elif {"chosen", "rejected"} <= f:
+        found.append("hh")
+    if len(found) > 1:
+        raise ValueError(f"fields match several formats {found}; pass format=")
+    return found[0] if found else None
+
+
+def detect_prompt_format(fields: Iterable[str]) -> tuple[str, str | None] | None:
+    """``(format, column)`` for reading prompts from rows with these fields, None if none fits."""
+    f = set(fields)
+    found: list[tuple[str, str | None]] = []
+    if "instruction" in f:
+        found.append(("alpaca", None))
+    if {"chosen", "rejected"} <= f and "prompt" not in f:
+        found.append(("hh", None))
+    if "history" in f and "prompt" not in f:
+        found.append(("shp", "history"))
+    if not found:
+        column = next((c for c in PROMPT_COLUMNS if c in f), None)
+        return None if column is None else ("columns", column)
+    if len(found) > 1:
+        raise ValueError(f"fields match several formats {[x[0] for x in found]}; pass format=")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Rows:
+    """An opened source: ``items`` yields ``(line, row or DataFormatError)``; CSV sets ``columns``."""
+
+    display: str
+    items: Iterator[tuple[int, Row | DataFormatError]]
+    columns: list[str] | None = None
+    close: Callable[[], None] = lambda: None
+
+
+def _utf8_error(raw: bytes, err: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+
+
+def _jsonl_items(stream: Iterable[bytes], display: str) -> Iterator[tuple[int, Row | DataFormatError]]:
+    line = 0
+    it = iter(stream)
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error) as err:
+            yield line + 1, _FatalError(f"unreadable data after line {line} ({err})", display, line + 1)
+            return
+        line += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield line, DataFormatError(_utf8_error(raw, err), display, line)
+            continue
+        if line == 1:
+            text = text.removeprefix("\ufeff")
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield line, DataFormatError(f"malformed JSON: {err.msg} (column {err.colno})", display, line)
+            continue
+        if not isinstance(row, dict):
+            yield line, DataFormatError(f"expected a JSON object, got {_type_name(row)}", display, line)
+            continue
+        yield line, row
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _json_array_items(data: bytes, display: str) -> Iterator[tuple[int, Row | DataFormatError]]:
+    """Items of a JSON array file, each with the line it starts on."""
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"\s*")
+    pos = ws.match(text, 0).end()
+    line, counted = 1, 0
+
+    def line_at(i: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, i)
+        counted = i
+        return line
+
+    if not text.startswith("[", pos):
+        yield line_at(pos), _FatalError("expected a JSON array", display, line_at(pos))
+        return
+    pos = ws.match(text, pos + 1).end()
+    if text.startswith("]", pos):
+        return
+    while True:
+        start = line_at(pos)
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            yield err.lineno, _FatalError(
+                f"malformed JSON: {err.msg} (column {err.colno}); the rest of the file was not read",
+                display, err.lineno)
+            return
+        bad = _SURROGATE.search(text, pos, end)
+        if bad:
+            yield line_at(bad.start()), DataFormatError("not valid UTF-8", display, line_at(bad.start()))
+        elif not isinstance(item, dict):
+            yield start, DataFormatError(f"expected a JSON object, got {_type_name(item)}", display, start)
+        else:
+            yield start, item
+        pos = ws.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = ws.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            return
+        else:
+            yield line_at(pos), _FatalError("expected ',' or ']' after an array item", display, line_at(pos))
+            return
+
+
+def _csv_rows(stream: Iterable[bytes], display: str, delimiter: str) -> _Rows:
+    bad_lines: dict[int, str] = {}
+
+    def lines() -> Iterator[str]:
+        for n, raw in enumerate(stream, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad_lines[n] = _utf8_error(raw, err)
+                text = raw.decode("utf-8", errors="replace")
+            yield text.removeprefix("\ufeff") if n == 1 else text
+
+    reader = csv.reader(lines(), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+    except (csv.Error, EOFError, OSError, zlib.error) as err:
+        raise DataFormatError(f"unreadable CSV header ({err})", display, 1) from None
+    if header is None:  # empty file
+        return _Rows(display, iter(()))
+    if 1 in bad_lines:
+        raise DataFormatError(bad_lines[1], display, 1)
+    header = [h.strip() for h in header]
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise DataFormatError("duplicate column in header", display, 1, name)
+        seen.add(name)
+
+    def items() -> Iterator[tuple[int, Row | DataFormatError]]:
+        end = reader.line_num
+        while True:
+            start = end + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, EOFError, OSError, zlib.error) as err:
+                yield start, _FatalError(f"unreadable CSV ({err})", display, start)
+                return
+            end = reader.line_num
+            bad = next((n for n in range(start, end + 1) if n in bad_lines), None)
+            if bad is not None:
+                yield bad, DataFormatError(bad_lines[bad], display, bad)
+            elif not values or (len(values) == 1 and not values[0].strip() and len(header) > 1):
+                continue  # blank line
+            elif len(values) > len(header):
+                yield start, DataFormatError(
+                    f"row has {len(values)} values, the header has {len(header)} columns", display, start)
+            else:
+                yield start, dict(zip(header, values))
+
+    return _Rows(display, items(), columns=header)
+
+
+def _open_file(path: Path, display: str) -> _Rows:
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {display}")
+    if path.is_dir():
+        raise IsADirectoryError(f"expected a data file, got a directory: {display}")
+    stack = contextlib.ExitStack()
+    raw = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by _Rows.close after reading
+    stream: io.BufferedIOBase = raw
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        stream = stack.enter_context(io.BufferedReader(gzip.GzipFile(fileobj=raw)))
+    name = path.name.lower().removesuffix(".gz")
+    try:
+        if name.endswith((".csv", ".tsv")):
+            rows = _csv_rows(stream, display, "\t" if name.endswith(".tsv") else ",")
+            rows.close = stack.close
+            return rows
+        try:
+            head = stream.peek(64)[:64].lstrip()
+        except (EOFError, OSError, zlib.error) as err:
+            raise DataFormatError(f"unreadable data ({err})", display, 1) from None
+        if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
+            try:
+                data = stream.read()
+            except (EOFError, OSError, zlib.error) as err:
+                raise DataFormatError(f"unreadable data ({err})", display) from None
+            return _Rows(display, _json_array_items(data, display), close=stack.close)
+        return _Rows(display, _jsonl_items(stream, display), close=stack.close)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def parse_hub_source(source: str) -> tuple[str, dict[str, str]]:
+    """``"hub:NAME?split=test&data_dir=x&name=cfg&revision=r"`` -> ``(NAME, options)``."""
+    spec = source.removeprefix("hub:")
+    name, _, query = spec.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=False, strict_parsing=False))
+    unknown = set(options) - {"split", "data_dir", "name", "revision"}
+    if unknown or not name.strip():
+        raise ValueError(
+            f"bad hub source {source!r}: expected hub:NAME[?split=..&data_dir=..&name=..&revision=..]")
+    options.setdefault("split", "train")
+    return name.strip(), options
+
+
+def _is_hub_source(source: str) -> bool:
+    if source.startswith("hub:"):
+        return True
+    name = source.partition("?")[0]
+    known = {k.lower() for k in KNOWN_HUB_DATASETS}
+    return name.lower() in known and not Path(source).exists()
+
+
+def _open_hub(source: str, limit: int | None) -> _Rows:
+    import datasets
+
+    name, options = parse_hub_source(source)
+    split = options.pop("split")
+    dataset = datasets.load_dataset(name, split=split, streaming=limit is not None, **options)
+    return _rows_from_iterable(dataset, f"{name}[{split}]")
+
+
+def _rows_from_iterable(rows: Iterable[Any], display: str) -> _Rows:
+    def items() -> Iterator[tuple[int, Row | DataFormatError]]:
+        for n, row in enumerate(rows, 1):
+            if isinstance(row, Mapping):
+                yield n, row
+            else:
+                yield n, DataFormatError(f"expected a mapping, got {_type_name(row)}", display, n)
+
+    return _Rows(display, items())
+
+
+def _open_source(source: Source, kind: str, limit: int | None) -> _Rows:
+    if isinstance(source, Path):
+        return _open_file(source, str(source))
+    if isinstance(source, str):
+        if source.startswith("builtin:"):
+            from molma.data.builtin import builtin_file
+
+            path = builtin_file(source, kind)
+            return _open_file(path, f"builtin:{path.name}")
+        if _is_hub_source(source):
+            return _open_hub(source, limit)
+        return _open_file(Path(source).expanduser(), source)
+    if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
+        raise TypeError(f"source: expected a path, a source name or an iterable of rows, got {source!r:.60}")
+    return _rows_from_iterable(source, "<rows>")
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def _peek_fields(rows: _Rows) -> tuple[list[str] | None, int | None, list[tuple[int, Any]]]:
+    """Field names to detect the format from (CSV header, else the first object row), its line and the
+    items consumed while looking (to be replayed)."""
+    if rows.columns is not None:
+        return rows.columns, 1, []
+    consumed = []
+    for line, item in rows.items:
+        consumed.append((line, item))
+        if isinstance(item, _FatalError):
+            break
+        if not isinstance(item, DataFormatError):
+            return list(item), line, consumed
+    return None, None, consumed
+
+
+def _check_header(rows: _Rows, needed: Iterable[str | None]) -> None:
+    if rows.columns is None or not rows.columns:
+        return
+    for name in needed:
+        if name is not None and name not in rows.columns:
+            raise DataFormatError(
+                f"column not in the header (columns: {', '.join(rows.columns)})", rows.display, 1, name)
+
+
+def _consume(
+    rows: _Rows,
+    replay: list[tuple[int, Any]],
+    convert: Callable[[Row, str], T],
+    report: ReadReport,
+    skip_invalid: bool,
+    limit: int | None,
+    key: Callable[[T], str] | None = None,
+) -> Records[T]:
+    out: Records[T] = Records(report=report)
+    seen: set[str] = set()
+    for line, item in _chain(replay, rows.items):
+        if limit is not None and len(out) >= limit:
+            report.complete = False
+            break
+        report.rows += 1
+        if isinstance(item, DataFormatError):
+            err = item
+        else:
+            try:
+                record = convert(item, f"{rows.display}:{line}")
+            except DataFormatError as exc:
+                err = exc.located(rows.display, line)
+            else:
+                if key is not None:
+                    k = key(record)
+                    if k in seen:
+                        report.duplicates += 1
+                        continue
+                    seen.add(k)
+                out.append(record)
+                continue
+        if not skip_invalid:
+            raise err
+        report.errors.append(err)
+        if isinstance(err, _FatalError):
+            report.complete = False
+            break
+    report.records = len(out)
+    if report.errors or (not report.complete and limit is None):
+        log.warning("%s", report.summary())
+    return out
+
+
+def _chain(*iterables: Iterable[T]) -> Iterator[T]:
+    for it in iterables:
+        yield from it
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit: expected a non-negative integer or None, got {limit!r}")
+
+
+def read_preferences(
+    source: Source,
+    format: str = "auto",
+    objective: str | None = None,
+    columns: Mapping[str, str] | Sequence[str] | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+) -> Records[PreferencePair]:
+    """Preference pairs from ``source`` (see the module docstring for sources and formats).
+
+    ``objective`` ("help"/"safe") selects PKU-SafeRLHF's label (other formats carry one label and
+    ignore it). ``columns`` names the prompt/chosen/rejected columns of a plain file: a mapping such as
+    ``{"prompt": "question", "chosen": "good", "rejected": "bad"}`` or three names in that order.
+    ``limit`` caps the number of pairs returned. Bad rows raise :class:`DataFormatError`, or with
+    ``skip_invalid=True`` are skipped and listed in ``result.report``.
+    """
+    _check_limit(limit)
+    fmt = normalize_format(format, "pairs")
+    if columns is not None and fmt == "auto":
+        fmt = "columns"
+    if objective is not None:
+        objective = normalize_objective(objective)
+    rows = _open_source(source, "pairs", limit)
+    try:
+        fields, line, replay = _peek_fields(rows)
+        if fmt == "auto" and fields is not None:
+            try:
+                detected = detect_pair_format(fields)
+            except ValueError as err:
+                raise DataFormatError(f"{err} (fields: {', '.join(fields)})", rows.display, line) from None
+            if detected is None:
+                raise DataFormatError(
+                    f"cannot detect a preference format from fields [{', '.join(fields)}]; pass format= "
+                    f"one of {list(PAIR_FORMATS)} (with columns= for 'columns')", rows.display, line)
+            fmt = detected
+        if fmt == "pku" and objective is None:
+            raise ValueError(f"{rows.display}: PKU-SafeRLHF needs objective='help' (better_response_id) "
+                             "or 'safe' (safer_response_id)")
+        needed: list[str | None] = {
+            "hh": ["chosen", "rejected"],
+            "pku": ["prompt", "response_0", "response_1", PKU_CHOICE_FIELD.get(objective or "")],
+            "shp": ["history", "human_ref_A", "human_ref_B", "labels"],
+            "columns": list(_pair_columns(columns).values()),
+            "auto": [],
+        }[fmt]
+        _check_header(rows, needed)
+        report = ReadReport(source=rows.display, format=fmt)
+
+        def convert(row: Row, where: str) -> PreferencePair:
+            return pair_from_row(row, fmt, objective=objective, columns=columns, source=where)
+
+        return _consume(rows, replay, convert, report, skip_invalid, limit)
+    finally:
+        rows.close()
+
+
+def read_prompts(
+    source: Source,
+    format: str = "auto",
+    tag: str = "",
+    column: str | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    first_turn: bool = False,
+    dedupe: bool = False,
+) -> Records[Prompt]:
+    """Prompts from ``source``, each tagged ``tag`` (see the module docstring for sources and formats).
+
+    HH files give the dialogue context of each pair (everything up to the final ``\\n\\nAssistant:``);
+    ``first_turn=True`` keeps only the first Human turn (HH's red-teaming prompts). ``column`` names the
+    prompt column of a plain file (default: the first of prompt, question, query, text present).
+    ``dedupe=True`` drops repeated prompt texts (counted in ``report.duplicates``). ``limit`` caps the
+    number returned. Bad rows raise :class:`DataFormatError`, or with ``skip_invalid=True`` are skipped
+    and listed in ``result.report``.
+    """
+    _check_limit(limit)
+    fmt = normalize_format(format, "prompts")
+    if column is not None and fmt == "auto":
+        fmt = "columns"
+    rows = _open_source(source, "prompts", limit)
+    try:
+        fields, line, replay = _peek_fields(rows)
+        if fmt == "auto" and fields is not None:
+            try:
+                detected = detect_prompt_format(fields)
+            except ValueError as err:
+                raise DataFormatError(f"{err} (fields: {', '.join(fields)})", rows.display, line) from None
+            if detected is None:
+                raise DataFormatError(
+                    f"cannot detect a prompt format from fields [{', '.join(fields)}]; pass format= one of "
+                    f"{list(PROMPT_FORMATS)} or column=", rows.display, line)
+            fmt, column = detected
+        needed: list[str | None] = {
+            "hh": ["chosen"],
+            "alpaca": ["instruction"],
+            "pku": [column or "prompt"],
+            "shp": [column or "history"],
+            "columns": [column or "prompt"],
+            "auto": [],
+        }[fmt]
+        _check_header(rows, needed)
+        report = ReadReport(source=rows.display, format=fmt)
+
+        def convert(row: Row, where: str) -> Prompt:
+            return prompt_from_row(row, fmt, tag=tag, column=column, first_turn=first_turn, source=where)
+
+        key = (lambda p: p.text) if dedupe else None
+        return _consume(rows, replay, convert, report, skip_invalid, limit, key=key)
+    finally:
+        rows.close()
+
+
+def detect_kind(source: Source) -> str:
+    """``"pairs"`` when the source's fields match a preference format, else ``"prompts"``.
+
+    ``builtin:`` names decide by name (``builtin:help`` and ``builtin:pairs_*`` are pairs). This reads the
+    first row: pass a re-iterable (list, ``datasets.Dataset``), not a one-shot iterator.
+    """
+    if isinstance(source, str) and source.startswith("builtin:"):
+        return "prompts" if source.removeprefix("builtin:").startswith("prompts") else "pairs"
+    rows = _open_source(source, "pairs", None)
+    try:
+        fields, _, _ = _peek_fields(rows)
+    finally:
+        rows.close()
+    try:
+        return "pairs" if fields is not None and detect_pair_format(fields) else "prompts"
+    except ValueError:
+        return "pairs"

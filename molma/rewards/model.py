@@ -1,0 +1,177 @@
+"""The reward-model scorer: r_theta(x, y) of eq. 3.2, a sequence-classification transformer with one
+output, applied to the chat-rendered dialogue (prompt x + response y).
+
+Rendering and tokenisation live here and are shared by training and scoring, so a reward model sees the
+same text format as the RL policy (:func:`molma.data.chat.render_dialogue`). Too-long inputs are cut from
+the LEFT (the start of the prompt goes first, the response and the final tokens, where the score is read,
+are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from molma.data.chat import render_dialogue, to_messages
+from molma.rewards.objective import _check_batch, check_finite
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "molma_rm.json"
+"""Training metadata written beside a reward-model checkpoint (objective, data, counts, accuracy)."""
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_for_scoring(tokenizer: Any, prompt: str, response: str) -> str:
+    """Dialogue text the reward model scores: the chat template when the tokenizer has one
+    (:func:`render_dialogue`), else (encoders) an HH-style ``Human: ... Assistant: ...`` transcript."""
+    if has_chat_template(tokenizer):
+        return render_dialogue(tokenizer, prompt, response)
+    turns = [*to_messages(prompt), {"role": "assistant", "content": response.strip()}]
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in turns)
+
+
+def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Special tokens the tokenizer adds around a text (e.g. ``[CLS]`` ... ``[SEP]``), as (prefix, suffix)."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    for k in range(len(full) - len(plain) + 1):
+        if full[k:k + len(plain)] == plain:
+            return list(full[:k]), list(full[k + len(plain):])
+    return [], []
+
+
+def encode_dialogues(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
+                     max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of the rendered dialogues, each at most ``max_length`` long, and how many were truncated.
+
+    Chat-templated text already holds its special tokens, so none are added; plain-text rendering (no
+    chat template) gets the tokenizer's own (``[CLS]``/``[SEP]``), kept when truncating. Truncation drops
+    tokens from the left: the prompt's start goes first, the response survives whole unless it alone is
+    longer than ``max_length``.
+    """
+    _check_batch(prompts, responses, "encode")
+    texts = [render_for_scoring(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    if has_chat_template(tokenizer):
+        prefix: list[int] = []
+        suffix: list[int] = []
+    else:
+        prefix, suffix = _special_affixes(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if budget <= 0:
+        raise ValueError(f"max_length={max_length} leaves no room for text after the special tokens")
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out, truncated = [], 0
+    for ids in encoded:
+        if len(ids) > budget:
+            ids = ids[-budget:]
+            truncated += 1
+        out.append(prefix + list(ids) + suffix)
+    return out, truncated
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (right padding keeps every real token's position,
+    so a padded batch scores exactly like one sequence at a time)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, :len(seq)] = 1
+    return ids, mask
+
+
+class RewardModel:
+    """A trained reward model as an :class:`~molma.rewards.Objective`: ``score(prompts, responses)``.
+
+    Batched (longest first, right padding), no grad, float32 ``[B]`` on the CPU. ``.model`` is the
+    ``AutoModelForSequenceClassification`` (num_labels = 1), ``.tokenizer`` its tokenizer.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "reward", batch_size: int = 16,
+                 max_length: int = 512, device: str | torch.device = "cpu") -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if max_length <= 0:
+            raise ValueError(f"max_length must be > 0, got {max_length}")
+        if getattr(model.config, "num_labels", 1) != 1:
+            raise ValueError(f"reward model {name!r} has num_labels={model.config.num_labels}; expected 1")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self.show_progress = False
+        self.model.to(self.device)
+        self.model.eval()
+
+    def __repr__(self) -> str:
+        return (f"RewardModel(name={self.name!r}, model={type(self.model).__name__}, "
+                f"max_length={self.max_length}, batch_size={self.batch_size})")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, name: str | None = None, batch_size: int = 16,
+                        max_length: int = 512, device: str = "cpu") -> RewardModel:
+        """Load a saved reward model (any sequence-classification checkpoint with one label).
+
+        ``name`` defaults to the objective recorded in the checkpoint's ``molma_rm.json``, else the
+        folder name.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from molma.models import resolve_model_path
+
+        src = resolve_model_path(str(path))
+        looks_local = src.startswith(("/", ".", "~")) or src.count("/") > 1 or isinstance(path, Path)
+        if looks_local and not Path(src).expanduser().exists():
+            raise FileNotFoundError(f"reward model {src}: no such folder")
+        meta_file = Path(src) / METADATA_FILE
+        if name is None:
+            if meta_file.exists():
+                name = json.loads(meta_file.read_text(encoding="utf-8")).get("objective")
+            name = name or Path(str(path)).name
+        if Path(src).exists() and not (Path(src) / "config.json").exists():
+            raise FileNotFoundError(f"{src}: not a model checkpoint folder (no config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForSequenceClassification.from_pretrained(src, dtype=torch.float32)
+        return cls(model, tokenizer, name=name, batch_size=batch_size, max_length=max_length, device=device)
+
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """r(x, y) for each pair, float32 ``[B]`` on the CPU; raises if any score is not finite."""
+        _check_batch(prompts, responses, self.name)
+        if not prompts:
+            return torch.zeros(0, dtype=torch.float32)
+        ids, n_trunc = encode_dialogues(self.tokenizer, prompts, responses, self.max_length)
+        if n_trunc:
+            log.debug("%s: %d of %d inputs truncated from the left to %d tokens", self.name, n_trunc,
+                      len(ids), self.max_length)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        scores = torch.empty(len(ids), dtype=torch.float32)
+        batches = range(0, len(order), self.batch_size)
+        if self.show_progress and len(batches) > 1:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"scoring ({self.name})", unit="batch", leave=False)
+        with torch.inference_mode():
+            for start in batches:
+                idx = order[start:start + self.batch_size]
+                input_ids, mask = pad_right([ids[i] for i in idx], self.model.config.pad_token_id)
+                logits = self.model(input_ids=input_ids.to(self.device),
+                                    attention_mask=mask.to(self.device)).logits
+                scores[idx] = logits.reshape(len(idx), -1)[:, 0].float().cpu()
+        return check_finite(scores, self.name, responses)

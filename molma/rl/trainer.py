@@ -1,0 +1,471 @@
+"""Multi-objective RL fine-tuning of a causal LM (MOLMA section 3.3, Algorithm 1) and the
+single-objective baselines (section 4.3) on the same loop.
+
+One iteration, top to bottom (see :meth:`MultiObjectiveTrainer.run_iteration`):
+  1. rollout   sample an experience memory of prompts (pools mixed e.g. 60/40), generate responses
+  2. score     every objective scores every response: r in R^{K x B}
+  3. shape     WHITEN(LOGIT(r)) per objective (eq. 3.4), - beta * KL per token (eq. 3.3);
+               SO baselines scalarise here instead (eq. 4.1 / 4.2)
+  4. critic    values from K heads, GAE per objective
+  5. update    per mini-batch: K losses APA_k (eq. 3.5) or PPO_k from ONE policy forward, value
+               losses (eq. 3.6); K gradients combined by molma.gradients (Aligned-MTL for MOLMA,
+               GAPO / P-GAPO, any registered weighting); AdamW step
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from molma.config import to_dict
+from molma.data.chat import render_prompt
+from molma.rl.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    set_rng_state,
+)
+from molma.rl.config import TrainConfig
+from molma.rl.critic import Critic
+from molma.rl.gae import gae, masked_mean, masked_whiten
+from molma.rl.losses import apa_loss, ppo_loss, value_loss
+from molma.rl.prompts import sample_batch, train_heldout_pools
+from molma.rl.rollout import Batch, GenerationSettings, generate, sequence_logprobs
+from molma.rl.shaping import scalarize, shape_objective_rewards, token_rewards
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive updates had to be skipped because of non-finite values."""
+
+
+@dataclass
+class Experience:
+    prompts: list[str]
+    tags: list[str]
+    responses: list[str]
+    batch: Batch
+    scores: Tensor  # [K, B] raw objective scores
+    logp_old: Tensor  # [B, T] rollout policy
+    logp_ref: Tensor  # [B, T] frozen initial policy pi_0
+    ref_hidden: Tensor | None  # [B, T, H] for a frozen-backbone critic
+    advantages: Tensor  # [Kr, B, T]
+    returns: Tensor  # [Kr, B, T]
+    kl: Tensor  # [B, T]
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+class MultiObjectiveTrainer:
+    """Trainer for MOLMA, GAPO / P-GAPO, any gradient method, and the SO baselines.
+
+    >>> trainer = MultiObjectiveTrainer(TrainConfig(algo="molma", iterations=20))  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: TrainConfig, *, policy=None, tokenizer=None, objectives=None,
+                 prompt_pools: tuple[dict, dict] | None = None) -> None:
+        self.cfg = config
+        self.out = Path(config.out)
+        torch.manual_seed(config.seed)
+        if policy is None:
+            from molma.models import load_model
+
+            policy, tokenizer = load_model(config.model)
+        if tokenizer is None:
+            raise ValueError("a tokenizer is needed with a custom policy")
+        self.tokenizer = tokenizer
+        if config.lora is not None and not _is_peft(policy):
+            from molma.models import apply_lora
+
+            policy = apply_lora(policy, config.lora)
+        self.policy = policy
+        # pi_0: with LoRA the base model with adapters disabled (no copy); otherwise a frozen copy
+        if _is_peft(policy):
+            self.reference = None
+            base_lm = policy.get_base_model()
+        else:
+            self.reference = copy.deepcopy(policy).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+            base_lm = self.reference
+        # objectives
+        if objectives is None:
+            from molma.rewards import load_objective
+
+            objectives = [load_objective(spec, name) for name, spec in config.objectives.items()]
+        self.objectives = list(objectives)
+        self.names = [o.name for o in self.objectives]
+        if config.multi_objective and len(self.objectives) < 2:
+            raise ValueError(f"{config.algo} needs >= 2 objectives")
+        self.n_reward = len(self.objectives) if config.multi_objective else 1
+        # prompts
+        self.train_pools, self.heldout_pools = prompt_pools or train_heldout_pools(
+            config.prompts, config.heldout_fraction, seed=config.seed)
+        # critic: K value heads (one for SO baselines), initialised from the reference
+        self.critic = Critic.from_reference(base_lm, self.n_reward, config.critic_backbone, config.lora)
+        self.policy_params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.critic_params = self.critic.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.policy_params, "lr": config.lr},
+             {"params": self.critic_params, "lr": config.critic_lr or config.lr}],
+            betas=tuple(config.adam_betas), eps=config.adam_eps, weight_decay=config.weight_decay,
+        )
+        self.engine = self._make_engine() if config.multi_objective else None
+        self.gen = GenerationSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k,
+                                      True, config.max_prompt_tokens)
+        self.start_iteration = 1
+        self.bad_updates = 0
+        self._writer = None
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _make_engine(self):
+        from molma.gradients import MultiObjectiveBackward
+
+        cfg = self.cfg
+        params = self.policy_params + (self.critic_params if cfg.modulate_critic else [])
+        kwargs: dict[str, Any] = {}
+        if cfg.gradient_method == "gapo":
+            kwargs["p"] = cfg.gapo_p
+        if cfg.gradient_mode == "subset":
+            kwargs["subset_params"] = last_block_parameters(self.policy)
+        return MultiObjectiveBackward(params, cfg.gradient_method, mode=cfg.gradient_mode,
+                                      clip_norm=cfg.clip_norm, **kwargs)
+
+    @property
+    def importance(self) -> Tensor | None:
+        if self.cfg.importance is None:
+            return None
+        w = torch.tensor(self.cfg.importance, dtype=torch.float32)
+        return w / w.sum()
+
+    def _reference_logprobs(self, batch: Batch, hidden: bool) -> tuple[Tensor, Tensor | None]:
+        if self.reference is not None:
+            return sequence_logprobs(self.reference, batch, return_hidden=hidden)
+        with self.policy.disable_adapter():
+            return sequence_logprobs(self.policy, batch, return_hidden=hidden)
+
+    # ------------------------------------------------------------------ one iteration
+    @torch.no_grad()
+    def collect(self, iteration: int) -> tuple[Experience, dict[str, float]]:
+        """Steps 1-4: rollout, score, shape, GAE."""
+        cfg = self.cfg
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        prompts = sample_batch(self.train_pools, cfg.prompt_mix, cfg.experience_size,
+                               seed=cfg.seed * 1_000_003 + iteration)
+        texts = [render_prompt(self.tokenizer, p.text) for p in prompts]
+        batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
+                                   seed=cfg.seed * 7_919 + iteration)
+        responses = self.tokenizer.batch_decode(
+            batch.response_ids.masked_fill(batch.response_mask == 0, self.tokenizer.pad_token_id),
+            skip_special_tokens=True)
+        times["generation"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        prompt_texts = [p.text for p in prompts]
+        scores = torch.stack([obj.score(prompt_texts, responses).float().cpu() for obj in self.objectives])
+        if not torch.isfinite(scores).all():
+            bad = (~torch.isfinite(scores)).nonzero()[0].tolist()
+            raise FloatingPointError(f"objective {self.names[bad[0]]!r} gave a non-finite score for "
+                                     f"response {bad[1]}: {responses[bad[1]]!r}")
+        times["scoring"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        logp_ref, ref_hidden = self._reference_logprobs(batch, hidden=self.critic.frozen)
+        mask = batch.response_mask
+        kl = (logp_old - logp_ref) * mask
+        if cfg.multi_objective:
+            seq_reward = shape_objective_rewards(scores, cfg.logit_eps)
+        else:
+            seq_reward = scalarize(scores, self.names, cfg.scalarization, help_name=cfg.help_objective,
+                                   safe_name=cfg.safe_objective, weights=cfg.importance,
+                                   piecewise_delta=cfg.piecewise_delta, eps=cfg.logit_eps).unsqueeze(0)
+        rewards = token_rewards(seq_reward, kl, mask, cfg.beta)
+        values_old = self.critic(batch, ref_hidden)
+        advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        times["reference"] = time.perf_counter() - t2
+        exp = Experience(prompt_texts, [p.tag for p in prompts], responses, batch, scores, logp_old,
+                         logp_ref, ref_hidden, advantages, returns, kl)
+        return exp, times
+
+    def _minibatch_losses(self, exp: Experience, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """K policy losses and K value losses from one policy forward and one critic forward."""
+        cfg = self.cfg
+        mb = exp.batch.select(idx)
+        logp, _ = sequence_logprobs(self.policy, mb)
+        adv = exp.advantages[:, idx]
+        if cfg.policy_loss == "apa":
+            policy_losses = apa_loss(logp, exp.logp_ref[idx], adv, mb.response_mask, cfg.apa_lambda)
+        else:
+            policy_losses = ppo_loss(logp, exp.logp_old[idx], adv, mb.response_mask, cfg.ppo_clip)
+        hidden = exp.ref_hidden[idx] if exp.ref_hidden is not None else None
+        values = self.critic(mb, hidden)
+        value_losses = value_loss(values, exp.returns[:, idx], mb.response_mask)
+        return policy_losses, value_losses, logp
+
+    def update(self, exp: Experience, iteration: int) -> dict[str, float]:
+        """Step 5: one gradient step per mini-batch, K gradients combined by the gradient engine."""
+        cfg = self.cfg
+        B = len(exp.prompts)
+        gen = torch.Generator().manual_seed(cfg.seed * 104_729 + iteration)
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(cfg.epochs_per_iteration):
+            order = torch.randperm(B, generator=gen)
+            for start in range(0, B, cfg.minibatch_size):
+                idx = order[start:start + cfg.minibatch_size]
+                policy_losses, value_losses, logp = self._minibatch_losses(exp, idx)
+                stats = self._step(policy_losses, value_losses, logp)
+                for k, v in stats.items():
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+        return {k: v / count for k, v in sums.items()}
+
+    def _step(self, policy_losses: Tensor, value_losses: Tensor, logp: Tensor) -> dict[str, Any]:
+        cfg = self.cfg
+        stats: dict[str, Any] = {}
+        labels = self.names if cfg.multi_objective else [cfg.algo]
+        for k, label in enumerate(labels):
+            stats[f"loss/policy/{label}"] = policy_losses[k].item()
+            stats[f"loss/value/{label}"] = value_losses[k].item()
+        finite = bool(torch.isfinite(policy_losses).all() and torch.isfinite(value_losses).all())
+        self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            return self._skip("non-finite loss", stats)
+        if not cfg.multi_objective:
+            (policy_losses[0] + cfg.value_coef * value_losses[0]).backward()
+            grads = [p.grad for p in self.policy_params + self.critic_params if p.grad is not None]
+            if not all(torch.isfinite(g).all() for g in grads):
+                return self._skip("non-finite gradient", stats)
+            if cfg.clip_norm is not None:
+                stats["grad/norm"] = float(torch.nn.utils.clip_grad_norm_(
+                    self.policy_params + self.critic_params, cfg.clip_norm))
+        else:
+            if cfg.modulate_critic:
+                diag = self.engine.backward(list(policy_losses + cfg.value_coef * value_losses),
+                                            importance=self.importance)
+            else:
+                rep = logp if cfg.gradient_mode == "fast" else None
+                diag = self.engine.backward(list(policy_losses), representation=rep, importance=self.importance)
+                if diag.get("skipped"):
+                    return self._skip(str(diag["skipped"]), stats)
+                (cfg.value_coef * value_losses.sum()).backward()
+                if cfg.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.critic_params, cfg.clip_norm)
+            if diag.get("skipped"):
+                return self._skip(str(diag["skipped"]), stats)
+            stats.update(_flatten_diagnostics(diag, self.names))
+        self.optimizer.step()
+        self.bad_updates = 0
+        return stats
+
+    def _skip(self, reason: str, stats: dict[str, Any]) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_updates += 1
+        log.warning("skipped an update: %s (%d in a row)", reason, self.bad_updates)
+        stats["skipped_updates"] = 1.0
+        if self.bad_updates >= self.cfg.max_bad_updates:
+            raise TrainingDivergedError(f"{self.bad_updates} consecutive updates skipped; last reason: {reason}")
+        return stats
+
+    def run_iteration(self, iteration: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        exp, times = self.collect(iteration)
+        t1 = time.perf_counter()
+        self.policy.train()
+        train_stats = self.update(exp, iteration)
+        times["training"] = time.perf_counter() - t1
+        times["total"] = time.perf_counter() - t0
+        mask = exp.batch.response_mask
+        n_tokens = float(mask.sum())
+        metrics: dict[str, Any] = {"iteration": iteration}
+        for k, name in enumerate(self.names):
+            metrics[f"reward/raw/{name}"] = exp.scores[k].mean().item()
+            for tag in sorted(set(exp.tags)):
+                sel = torch.tensor([t == tag for t in exp.tags])
+                metrics[f"reward/raw/{name}/{tag}"] = exp.scores[k][sel].mean().item()
+        metrics["kl"] = exp.kl.sum(dim=1).mean().item()
+        metrics["response_tokens"] = n_tokens / len(exp.prompts)
+        metrics["advantage/mean_abs"] = masked_mean(exp.advantages.abs(), mask.unsqueeze(0).expand_as(
+            exp.advantages)).item()
+        metrics.update({f"time/{k}": round(v, 4) for k, v in times.items()})
+        metrics["tokens_per_s"] = n_tokens / max(times["generation"], 1e-9)
+        metrics.update(train_stats)
+        metrics["sample"] = {"prompt": exp.prompts[0], "response": exp.responses[0]}
+        return metrics
+
+    # ------------------------------------------------------------------ persistence
+    def _tensor_states(self) -> dict[str, dict[str, Tensor]]:
+        policy_state = {n: p.detach() for n, p in self.policy.named_parameters() if p.requires_grad}
+        return {"policy": policy_state, "critic": self.critic.trainable_state()}
+
+    def save_checkpoint(self, iteration: int) -> Path:
+        path = save_checkpoint(self.out / "checkpoints", iteration, self._tensor_states(), self.optimizer,
+                               {"algo": self.cfg.algo, "bad_updates": self.bad_updates})
+        prune_checkpoints(self.out / "checkpoints", keep=2)
+        return path
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of ``out`` if any; returns whether it did."""
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            return False
+        tensors, state, meta = load_checkpoint(path, ["policy", "critic"])
+        with torch.no_grad():
+            for group, module in (("policy", self.policy), ("critic", self.critic)):
+                params = dict(module.named_parameters())
+                missing = set(tensors[group]) - set(params)
+                if missing:
+                    raise ValueError(f"{path}: checkpoint has {group} parameters this model lacks: "
+                                     f"{sorted(missing)[:3]}")
+                for name, value in tensors[group].items():
+                    params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.start_iteration = int(meta["iteration"]) + 1
+        self.bad_updates = int(meta.get("bad_updates", 0))
+        _truncate_metrics(self.out / "metrics.jsonl", int(meta["iteration"]))
+        log.info("resumed from %s (next iteration %d)", path, self.start_iteration)
+        return True
+
+    def save_final(self) -> Path:
+        final = self.out / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(final, safe_serialization=True)
+        self.tokenizer.save_pretrained(final)
+        (final / "molma.json").write_text(json.dumps({"base_model": self.cfg.model, "lora": _is_peft(self.policy)}))
+        return final
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics, ensure_ascii=False) + "\n")
+        if self.cfg.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out / "tensorboard"))
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "iteration":
+                    self._writer.add_scalar(k, v, metrics["iteration"])
+            self._writer.flush()
+
+    # ------------------------------------------------------------------ main loop
+    def train(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+        """Run the configured iterations (from the latest checkpoint with ``resume``); ``stop_after``
+        ends early after that iteration (used to simulate a killed run in tests)."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if resume:
+            self.resume()
+        elif (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()
+        t0 = time.perf_counter()
+        last: dict[str, Any] = {}
+        iterations = range(self.start_iteration, cfg.iterations + 1)
+        bar = tqdm(iterations, desc=f"{cfg.algo}", unit="it", disable=not cfg.progress,
+                   initial=self.start_iteration - 1, total=cfg.iterations)
+        for it in bar:
+            last = self.run_iteration(it)
+            self._log(last)
+            bar.set_postfix({n: f"{last[f'reward/raw/{n}']:.3f}" for n in self.names} | {"kl": f"{last['kl']:.3f}"})
+            if cfg.save_every and (it % cfg.save_every == 0 or it == cfg.iterations):
+                self.save_checkpoint(it)
+            if stop_after is not None and it >= stop_after:
+                if not (cfg.save_every and it % cfg.save_every == 0):
+                    self.save_checkpoint(it)
+                break
+        bar.close()
+        wall = time.perf_counter() - t0
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        finished = stop_after is None or stop_after >= cfg.iterations
+        summary = {"algo": cfg.algo, "iterations": cfg.iterations, "wall_time_s": round(wall, 2),
+                   "finished": finished, "objectives": self.names, "last": {k: v for k, v in last.items()
+                                                                            if k != "sample"}}
+        if finished:
+            summary["final"] = str(self.save_final())
+        prev = self.out / "run.json"
+        if prev.exists() and resume:
+            summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)
+        (self.out / "run.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def last_block_parameters(model) -> list[torch.nn.Parameter]:
+    """Trainable parameters of the last transformer block (``...layers.<max>.``), for GAPO's
+    last-layer Gramian; falls back to the last two trainable tensors for other layouts."""
+    import re
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    indexed = [(int(m.group(1)), p) for n, p in named if (m := re.search(r"layers\.(\d+)\.", n))]
+    if indexed:
+        last = max(i for i, _ in indexed)
+        return [p for i, p in indexed if i == last]
+    return [p for _, p in named[-2:]]
+
+
+def _flatten_diagnostics(diag: dict[str, Any], names: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in diag.items():
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            out[f"grad/{key}"] = float(value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+            if len(value) == len(names):
+                for n, v in zip(names, value):
+                    out[f"grad/{key}/{n}"] = float(v)
+            else:
+                for i, v in enumerate(value):
+                    out[f"grad/{key}/{i}"] = float(v)
+    return out
+
+
+def _truncate_metrics(path: Path, last_iteration: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from (no duplicates)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) <= last_iteration]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def load_policy(path: str | Path):
+    """Load a trained policy folder (``final/``): a LoRA adapter on its base model, or a full model.
+    Returns ``(model, tokenizer)``."""
+    from molma.models import load_model, load_tokenizer
+
+    path = Path(path)
+    meta_file = path / "molma.json"
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = json.loads(meta_file.read_text())["base_model"] if meta_file.exists() else None
+        if base is None:
+            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model, _ = load_model(base)
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        return model.eval(), load_tokenizer(str(path))
+    model, tok = load_model(str(path))
+    return model.eval(), tok

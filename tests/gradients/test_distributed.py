@@ -1,0 +1,113 @@
+"""Two CPU processes (gloo on 127.0.0.1): data-parallel and sharded-parameter gradient modulation."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from molma.gradients import MultiObjectiveBackward, gramian, last_layer_parameters
+
+from .dist_worker import build_model, full_batch, losses_of
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", str(port), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    logs = []
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=240)
+            logs.append(err)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-3000:]}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def single_process(mode: str, weighting: str):
+    """The same step on ONE process over the full batch (what data parallelism must reproduce)."""
+    model = build_model()
+    params = list(model.parameters())
+    ids, weights = full_batch()
+    losses, tok_lp = losses_of(model, ids, weights)
+    subset = last_layer_parameters(model) if mode == "subset" else None
+    engine = MultiObjectiveBackward(params, weighting, mode=mode, subset_params=subset)
+    diag = engine.backward(losses, representation=tok_lp if mode == "fast" else None)
+    torch.optim.SGD(params, lr=0.1).step()
+    return diag, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_data_parallel_exact_identical_alpha_and_parameters(ranks: list[dict]) -> None:
+    r0, r1 = ranks[0]["data_exact"], ranks[1]["data_exact"]
+    assert r0["local_losses"] != r1["local_losses"]  # the ranks really saw different data
+    assert r0["diag"]["skipped"] is None
+    assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
+    assert torch.equal(r0["params"], r1["params"])
+    ref_diag, ref_params = single_process("exact", "aligned-mtl")
+    torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
+                               rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["fast", "subset"])
+def test_data_parallel_one_backward_modes(ranks: list[dict], mode: str) -> None:
+    r0, r1 = ranks[0][f"data_{mode}"], ranks[1][f"data_{mode}"]
+    assert r0["diag"]["skipped"] is None
+    assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
+    assert torch.equal(r0["params"], r1["params"])
+    ref_diag, ref_params = single_process(mode, "gapo")
+    torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
+                               rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_gramian_equals_full_gramian(ranks: list[dict]) -> None:
+    model = build_model()
+    params = list(model.parameters())
+    ids, weights = full_batch()
+    losses, _ = losses_of(model, ids, weights)
+    per_loss = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
+    jacs = [torch.stack(g) for g in zip(*per_loss)]
+    full = gramian(jacs)
+    for r in range(2):
+        torch.testing.assert_close(ranks[r]["sharded_gramian"], full, rtol=1e-6, atol=1e-9)
+    a0, a1 = ranks[0]["sharded_exact"]["diag"]["alpha"], ranks[1]["sharded_exact"]["diag"]["alpha"]
+    assert a0 == a1
+    engine = MultiObjectiveBackward(params, "aligned-mtl", mode="exact")
+    ref = engine.backward(losses_of(model, ids, weights)[0])
+    torch.testing.assert_close(torch.tensor(a0), torch.tensor(ref["alpha"]), rtol=1e-6, atol=1e-9)
+    for r in range(2):  # each rank's shard holds exactly its part of the full update
+        for got, p in zip(ranks[r]["sharded_exact"]["grads"], params[r::2]):
+            torch.testing.assert_close(got, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_non_finite_loss_on_one_rank_skips_everywhere(ranks: list[dict]) -> None:
+    assert ranks[1]["nan_skip"]["skipped"] == "non-finite loss for objective 2"
+    assert ranks[0]["nan_skip"]["skipped"] == "non-finite loss on another rank"

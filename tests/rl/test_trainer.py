@@ -1,0 +1,130 @@
+"""End-to-end behaviour of the RL trainer on a tiny model with conflicting rule-based objectives."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from molma.rl import MultiObjectiveTrainer, TrainConfig
+from tests.rl import toy
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return toy.toy_policy()
+
+
+def _config(tmp_path, algo: str, **kw) -> TrainConfig:
+    base = dict(
+        algo=algo, objectives={"long": "rule:length", "clean": "rule:banned_words"},
+        help_objective="long", safe_objective="clean", iterations=12, experience_size=64,
+        minibatch_size=32, max_new_tokens=16, lr=5e-3, kl_beta=0.01, critic_backbone="frozen",
+        whiten_advantages=True, seed=1,
+        prompt_mix={"help": 0.5, "safe": 0.5}, out=str(tmp_path / algo), tensorboard=False,
+        progress=False, save_every=0, weight_decay=0.0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _train(policy, tmp_path, algo, **kw):
+    model, tok = policy
+    trainer = MultiObjectiveTrainer(_config(tmp_path, algo, **kw), policy=copy.deepcopy(model), tokenizer=tok,
+                                    objectives=toy.objectives(), prompt_pools=toy.pools())
+    summary = trainer.train()
+    return trainer, summary
+
+
+def test_toy_policy_answers_with_words(policy):
+    model, tok = policy
+    r = toy.mean_rewards(model, tok)
+    assert 0.2 < r["long"] < 0.8  # a few words, not the cap
+    assert r["clean"] < -0.05  # "bad" appears at the start
+
+
+def test_molma_raises_both_objectives_so_help_trades_one_for_the_other(policy, tmp_path):
+    model, tok = policy
+    before = toy.mean_rewards(model, tok)
+    molma, _ = _train(policy, tmp_path, "molma")
+    so_help, _ = _train(policy, tmp_path, "so-help")
+    after_molma = toy.mean_rewards(molma.policy, tok)
+    after_help = toy.mean_rewards(so_help.policy, tok)
+    assert after_molma["long"] > before["long"] and after_molma["clean"] > before["clean"], (before, after_molma)
+    assert after_help["long"] > before["long"] and after_help["clean"] < before["clean"], (before, after_help)
+
+
+def test_metrics_and_outputs_are_written(policy, tmp_path):
+    trainer, summary = _train(policy, tmp_path, "molma", iterations=2, experience_size=16, minibatch_size=8)
+    out = tmp_path / "molma"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [1, 2]
+    for key in ("reward/raw/long", "reward/raw/clean", "kl", "time/generation", "time/scoring",
+                "time/training", "tokens_per_s", "loss/policy/long", "loss/value/clean", "grad/alpha/long"):
+        assert key in lines[-1], key
+    assert (out / "final" / "config.json").exists() and (out / "run.json").exists()
+    assert summary["finished"] and summary["iterations"] == 2
+
+
+@pytest.mark.parametrize("algo", ["gapo", "pgapo", "so-safe", "so-weighted", "so-piecewise", "mgda", "upgrad"])
+def test_every_algorithm_runs(policy, tmp_path, algo):
+    kw = {"importance": [0.3, 0.7]} if algo == "pgapo" else {}
+    trainer, summary = _train(policy, tmp_path, algo, iterations=1, experience_size=8, minibatch_size=4, **kw)
+    assert summary["finished"]
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+
+
+def test_fast_mode_and_modulated_critic_run(policy, tmp_path):
+    for kw in ({"gradient_mode": "fast"}, {"gradient_mode": "subset"},
+               {"modulate_critic": True, "critic_backbone": "trainable"}):
+        trainer, summary = _train(policy, tmp_path, "molma", iterations=1, experience_size=8, minibatch_size=4,
+                                  **kw)
+        assert summary["finished"]
+
+
+def test_killed_run_resumes_to_identical_parameters(policy, tmp_path):
+    model, tok = policy
+    common = dict(iterations=5, experience_size=8, minibatch_size=4, save_every=1, critic_backbone="trainable")
+
+    def make(out):
+        cfg = _config(tmp_path, "molma", **common)
+        cfg.out = str(tmp_path / out)
+        return MultiObjectiveTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok,
+                                     objectives=toy.objectives(), prompt_pools=toy.pools())
+
+    full = make("full")
+    full.train()
+    killed = make("killed")
+    killed.train(stop_after=3)
+    resumed = make("killed")
+    resumed.train(resume=True)
+    assert resumed.start_iteration == 4
+    for (n, a), (_, b) in zip(full.policy.named_parameters(), resumed.policy.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), n
+    for a, b in zip(full.critic.parameters(), resumed.critic.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    its = [json.loads(x)["iteration"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert its == [1, 2, 3, 4, 5]
+
+
+def test_non_finite_rewards_stop_with_a_clear_error(policy, tmp_path):
+    from molma.rewards import RewardFunction
+
+    model, tok = policy
+    objs = [toy.objectives()[0], RewardFunction(lambda p, r: [float("nan")] * len(r), "broken")]
+    cfg = _config(tmp_path, "molma", iterations=1, experience_size=8, minibatch_size=4)
+    trainer = MultiObjectiveTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, objectives=objs,
+                                    prompt_pools=toy.pools())
+    with pytest.raises(FloatingPointError, match="broken"):
+        trainer.train()
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="needs >= 2 objectives"):
+        TrainConfig(algo="molma", objectives={"help": "rule:length"})
+    with pytest.raises(ValueError, match="minibatch_size"):
+        TrainConfig(experience_size=4, minibatch_size=8)
+    with pytest.raises(ValueError, match="prompt_mix proportions must sum to 1"):
+        TrainConfig(prompt_mix={"help": 0.5, "safe": 0.4})
