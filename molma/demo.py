@@ -70,15 +70,17 @@ def _hash(*parts: Any) -> str:
 
 
 class Stages:
-    """Content-addressed stage cache: a stage's folder holds ``.stage.json`` with its key once done."""
+    """Content-addressed stage cache: ``ROOT/.stages/<stage>.json`` records the key of a finished stage
+    (a hash of its settings and of its inputs' keys) and its time; the same key means reuse."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
+        self.markers = root / ".stages"
         self.timings: dict[str, float] = {}
         self.reused: list[str] = []
 
     def run(self, name: str, folder: Path, key: str, fn: Callable[[], Any]) -> None:
-        marker = folder / ".stage.json"
-        if marker.exists() and json.loads(marker.read_text()).get("key") == key:
+        marker = self.markers / (name.replace(" ", "-").replace("/", "_") + ".json")
+        if marker.exists() and (folder.exists() and json.loads(marker.read_text()).get("key") == key):
             self.reused.append(name)
             self.timings[name] = json.loads(marker.read_text()).get("seconds", 0.0)
             log.info("stage %s: reusing %s (same config)", name, folder)
@@ -88,8 +90,8 @@ class Stages:
         t0 = time.perf_counter()
         fn()
         seconds = round(time.perf_counter() - t0, 1)
-        folder.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"key": key, "seconds": seconds}))
+        self.markers.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"key": key, "seconds": seconds, "folder": str(folder)}))
         self.timings[name] = seconds
         print(f"[demo] {name}: done in {seconds:.0f} s", flush=True)
 
@@ -143,7 +145,7 @@ def run_demo(config_path: str | None, overrides=(), out: str | None = None) -> P
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    stages = Stages()
+    stages = Stages(root)
 
     # 0. the embedded model (dequantised and cached on first use)
     from molma.models import resolve_model_path

@@ -47,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from molma.data.readers import DataFormatError
+    from molma.models import ModelNotAvailableError
+
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, DataFormatError, ModelNotAvailableError, FileNotFoundError) as err:
         print(f"molma {args.command}: error: {err}", file=sys.stderr)
         return 2
 
