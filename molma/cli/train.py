@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default from the config)")
     p.add_argument("--loss", choices=["auto", "apa", "ppo"], help="policy loss (auto: ppo for gapo/pgapo)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_train)
 
@@ -28,11 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="help-objective weights, comma separated (the other objective gets 1 - w), e.g. 0.2,0.5,0.8")
     s.add_argument("--config")
     s.add_argument("--out", required=True, help="parent folder; runs go to OUT/<algo>-w<weight>")
+    s.add_argument("--threads", type=int, help="torch CPU threads")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=_sweep)
 
 
 def _load(args: argparse.Namespace, extra: dict | None = None):
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     from molma.config import load_config, parse_overrides, read_yaml
     from molma.rl import TrainConfig
 
