@@ -14,7 +14,8 @@ objectives are K differently weighted token-level LM losses ``L_k = -sum_t c_kt 
 All use the Aligned-MTL (MOLMA) weighting. Configurations are interleaved round by round (other jobs
 share the machine) and the median over rounds is reported, with ratios to the SO median of the same
 run. Usage: ``nice -n 10 .venv/bin/python benchmarks/gradients.py [--models tiny,smollm2] [--ks 2,4,8]
-[--repeats 5] [--out benchmarks/results/gradients.json]``.
+[--repeats 5] [--threads 1] [--configs exact-loop,fast-logprob] [--append]`` (writes
+``benchmarks/results/gradients.json``; ``--append`` adds a run to the ones already there).
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extras-ks", default="2", help="K values that also time fast-hidden and subset-last")
     ap.add_argument("--configs", default="", help="only these MOLMA configurations (comma list); so always")
     ap.add_argument("--append", action="store_true", help="add this run to the runs already in --out")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: stable ratios on a shared machine; 2 threads stalled under load)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gradients.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
