@@ -135,7 +135,7 @@ class MultiObjectiveTrainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _make_engine(self):
-        from molma.gradients import MultiObjectiveBackward
+        from molma.gradients import MultiObjectiveBackward, last_layer_parameters
 
         cfg = self.cfg
         params = self.policy_params + (self.critic_params if cfg.modulate_critic else [])
@@ -143,7 +143,7 @@ class MultiObjectiveTrainer:
         if cfg.gradient_method == "gapo":
             kwargs["p"] = cfg.gapo_p
         if cfg.gradient_mode == "subset":
-            kwargs["subset_params"] = last_block_parameters(self.policy)
+            kwargs["subset_params"] = last_layer_parameters(self.policy)
         return MultiObjectiveBackward(params, cfg.gradient_method, mode=cfg.gradient_mode,
                                       clip_norm=cfg.clip_norm, **kwargs)
 
@@ -410,19 +410,6 @@ class MultiObjectiveTrainer:
             summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)
         (self.out / "run.json").write_text(json.dumps(summary, indent=2))
         return summary
-
-
-def last_block_parameters(model) -> list[torch.nn.Parameter]:
-    """Trainable parameters of the last transformer block (``...layers.<max>.``), for GAPO's
-    last-layer Gramian; falls back to the last two trainable tensors for other layouts."""
-    import re
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    indexed = [(int(m.group(1)), p) for n, p in named if (m := re.search(r"layers\.(\d+)\.", n))]
-    if indexed:
-        last = max(i for i, _ in indexed)
-        return [p for i, p in indexed if i == last]
-    return [p for _, p in named[-2:]]
 
 
 def _flatten_diagnostics(diag: dict[str, Any], names: list[str]) -> dict[str, float]:
