@@ -56,9 +56,12 @@ def _load(args: argparse.Namespace, extra: dict | None = None):
 
 def _train(args: argparse.Namespace) -> int:
     from molma.rl import MultiObjectiveTrainer
+    from molma.rl.parallel import rank
 
     cfg = _load(args)
     summary = MultiObjectiveTrainer(cfg).train(resume=args.resume)
+    if rank() != 0:  # under torchrun / accelerate launch, process 0 reports
+        return 0
     print(json.dumps({k: summary[k] for k in ("algo", "iterations", "wall_time_s", "final") if k in summary},
                      indent=2))
     print(f"run folder: {cfg.out}  (metrics.jsonl, tensorboard/, checkpoints/, final/)")

@@ -32,9 +32,16 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def render_for_scoring(tokenizer: Any, prompt: str, response: str) -> str:
     """Dialogue text the reward model scores: the chat template when the tokenizer has one
-    (:func:`render_dialogue`), else (encoders) an HH-style ``Human: ... Assistant: ...`` transcript."""
+    (:func:`render_dialogue`), else (encoders) an HH-style ``Human: ... Assistant: ...`` transcript.
+
+    Trailing whitespace after the assistant's end-of-turn token is dropped, so the text ends where the
+    response ends and the score (read at the last non-pad token) sits at the end of the reply: the
+    end-of-turn token, or the reply's last token when end-of-turn doubles as the pad token (SmolLM2).
+    On HH harmless, frozen SmolLM2 features read there predicted preferences ~4 points better than at the
+    newline the template adds after the turn.
+    """
     if has_chat_template(tokenizer):
-        return render_dialogue(tokenizer, prompt, response)
+        return render_dialogue(tokenizer, prompt, response).rstrip()
     turns = [*to_messages(prompt), {"role": "assistant", "content": response.strip()}]
     names = {"user": "Human", "assistant": "Assistant", "system": "System"}
     return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in turns)

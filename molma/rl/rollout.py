@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers import LogitsProcessorList
+
+from molma.rl.sampling import GumbelSampler, row_seed
 
 
 @dataclass
@@ -63,23 +66,31 @@ def tokenize_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> dic
 
 
 @torch.no_grad()
-def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, seed: int
-             ) -> tuple[Batch, Tensor]:
+def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, seed: int,
+             rows: list[int] | None = None) -> tuple[Batch, Tensor]:
     """Sample one response per prompt text (already chat-templated). Returns the batch layout and the
     sampling policy's log-probabilities [B, T] of the sampled tokens, computed from the raw logits that
-    generate() returns (no second forward pass)."""
+    generate() returns (no second forward pass).
+
+    Sampling is batch-invariant (:mod:`molma.rl.sampling`): text ``i`` uses the generator of row
+    ``rows[i]`` (default ``i``), so a process holding rows 32..63 of the experience draws exactly what a
+    single process holding all 64 rows draws for them."""
     enc = tokenize_prompts(tokenizer, texts, settings.max_prompt_tokens)
-    torch.manual_seed(seed)
+    rows = list(range(len(texts))) if rows is None else rows
+    if len(rows) != len(texts):
+        raise ValueError(f"{len(rows)} row indices for {len(texts)} prompts")
     was_training = model.training
     model.eval()
     stop_ids = _stop_ids(tokenizer, model)
+    processors = []
+    if settings.do_sample:
+        processors.append(GumbelSampler([row_seed(seed, r) for r in rows], settings.temperature,
+                                        settings.top_k, settings.top_p))
     out = model.generate(
         **enc,
         max_new_tokens=settings.max_new_tokens,
-        do_sample=settings.do_sample,
-        temperature=settings.temperature if settings.do_sample else None,
-        top_p=settings.top_p if settings.do_sample else None,
-        top_k=settings.top_k if settings.do_sample else None,
+        do_sample=False,  # greedy over Gumbel-perturbed scores = sampling (see molma.rl.sampling)
+        logits_processor=LogitsProcessorList(processors),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(stop_ids),
         return_dict_in_generate=True,

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from molma.config import to_dict
 from molma.data.chat import render_prompt
+from molma.gradients import distributed as mdist
+from molma.rl import parallel
 from molma.rl.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -82,6 +84,12 @@ class MultiObjectiveTrainer:
                  prompt_pools: tuple[dict, dict] | None = None) -> None:
         self.cfg = config
         self.out = Path(config.out)
+        parallel.init_from_env()  # under torchrun / accelerate launch: join the process group
+        self.world, self.rank = parallel.world_size(), parallel.rank()
+        for name in ("experience_size", "minibatch_size"):
+            if getattr(config, name) % self.world:
+                raise ValueError(f"{name} ({getattr(config, name)}) must be divisible by the number of "
+                                 f"processes ({self.world})")
         torch.manual_seed(config.seed)
         if policy is None:
             from molma.models import load_model
@@ -145,7 +153,8 @@ class MultiObjectiveTrainer:
         if cfg.gradient_mode == "subset":
             kwargs["subset_params"] = last_layer_parameters(self.policy)
         return MultiObjectiveBackward(params, cfg.gradient_method, mode=cfg.gradient_mode,
-                                      clip_norm=cfg.clip_norm, **kwargs)
+                                      clip_norm=cfg.clip_norm, distributed="data" if self.world > 1 else "none",
+                                      **kwargs)
 
     @property
     def importance(self) -> Tensor | None:
@@ -163,22 +172,24 @@ class MultiObjectiveTrainer:
     # ------------------------------------------------------------------ one iteration
     @torch.no_grad()
     def collect(self, iteration: int) -> tuple[Experience, dict[str, float]]:
-        """Steps 1-4: rollout, score, shape, GAE."""
+        """Steps 1-4: rollout, score, shape, GAE. With R processes each rolls out its B / R rows and the
+        rollout is gathered (molma.rl.parallel), so every process shapes the same global batch."""
         cfg = self.cfg
         times: dict[str, float] = {}
         t0 = time.perf_counter()
         prompts = sample_batch(self.train_pools, cfg.prompt_mix, cfg.experience_size,
                                seed=cfg.seed * 1_000_003 + iteration)
-        texts = [render_prompt(self.tokenizer, p.text) for p in prompts]
+        rows = list(parallel.shard(len(prompts), self.world, self.rank))
+        texts = [render_prompt(self.tokenizer, prompts[i].text) for i in rows]
         batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
-                                   seed=cfg.seed * 7_919 + iteration)
+                                   seed=cfg.seed * 7_919 + iteration, rows=rows)
         responses = self.tokenizer.batch_decode(
             batch.response_ids.masked_fill(batch.response_mask == 0, self.tokenizer.pad_token_id),
             skip_special_tokens=True)
         times["generation"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        prompt_texts = [p.text for p in prompts]
+        prompt_texts = [prompts[i].text for i in rows]
         scores = torch.stack([obj.score(prompt_texts, responses).float().cpu() for obj in self.objectives])
         if not torch.isfinite(scores).all():
             bad = (~torch.isfinite(scores)).nonzero()[0].tolist()
@@ -188,6 +199,11 @@ class MultiObjectiveTrainer:
 
         t2 = time.perf_counter()
         logp_ref, ref_hidden = self._reference_logprobs(batch, hidden=self.critic.frozen)
+        values_old = self.critic(batch, ref_hidden)
+        if self.world > 1:
+            batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses = self._gather_rollout(
+                batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses)
+        prompt_texts = [p.text for p in prompts]
         mask = batch.response_mask
         kl = (logp_old - logp_ref) * mask
         if cfg.multi_objective:
@@ -197,7 +213,6 @@ class MultiObjectiveTrainer:
                                    safe_name=cfg.safe_objective, weights=cfg.importance,
                                    piecewise_delta=cfg.piecewise_delta, eps=cfg.logit_eps).unsqueeze(0)
         rewards = token_rewards(seq_reward, kl, mask, cfg.beta)
-        values_old = self.critic(batch, ref_hidden)
         advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
@@ -206,9 +221,32 @@ class MultiObjectiveTrainer:
                          logp_ref, ref_hidden, advantages, returns, kl)
         return exp, times
 
+    def _gather_rollout(self, batch: Batch, logp_old: Tensor, logp_ref: Tensor, ref_hidden: Tensor | None,
+                        values_old: Tensor, scores: Tensor, responses: list[str]) -> tuple:
+        """Every process's rollout rows, padded to common lengths and concatenated in rank order."""
+        P = parallel.all_max(batch.prompt_len)
+        T = parallel.all_max(batch.response_mask.shape[1])
+        local = parallel.pad_batch(batch, P, T, self.tokenizer.pad_token_id)
+        full = Batch(parallel.all_gather_cat(local.input_ids), parallel.all_gather_cat(local.attention_mask), P,
+                     parallel.all_gather_cat(local.response_mask))
+        hidden = None if ref_hidden is None else parallel.all_gather_cat(parallel.pad_tokens(ref_hidden, T, dim=1))
+        return (full, parallel.all_gather_cat(parallel.pad_tokens(logp_old, T)),
+                parallel.all_gather_cat(parallel.pad_tokens(logp_ref, T)), hidden,
+                parallel.all_gather_cat(parallel.pad_tokens(values_old, T), dim=1),
+                parallel.all_gather_cat(scores, dim=1), parallel.all_gather_list(responses))
+
     def _minibatch_losses(self, exp: Experience, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """K policy losses and K value losses from one policy forward and one critic forward."""
+        """K policy losses and K value losses from one policy forward and one critic forward.
+
+        With R processes, ``idx`` is the global mini-batch and this process takes every R-th row; its
+        token sums are divided by the global token count times R, so that the mean over processes (what
+        the gradient engine averages) is exactly the 1-process token mean."""
         cfg = self.cfg
+        scale = 1.0
+        if self.world > 1:
+            n_global = exp.batch.response_mask[idx].sum().clamp(min=1.0)
+            idx = idx[self.rank::self.world]
+            scale = float(exp.batch.response_mask[idx].sum().clamp(min=1.0) / n_global) * self.world
         mb = exp.batch.select(idx)
         logp, _ = sequence_logprobs(self.policy, mb)
         adv = exp.advantages[:, idx]
@@ -219,6 +257,8 @@ class MultiObjectiveTrainer:
         hidden = exp.ref_hidden[idx] if exp.ref_hidden is not None else None
         values = self.critic(mb, hidden)
         value_losses = value_loss(values, exp.returns[:, idx], mb.response_mask)
+        if scale != 1.0:
+            policy_losses, value_losses = policy_losses * scale, value_losses * scale
         return policy_losses, value_losses, logp
 
     def update(self, exp: Experience, iteration: int) -> dict[str, float]:
@@ -244,15 +284,19 @@ class MultiObjectiveTrainer:
         cfg = self.cfg
         stats: dict[str, Any] = {}
         labels = self.names if cfg.multi_objective else [cfg.algo]
+        logged = torch.stack([policy_losses.detach(), value_losses.detach()])
+        if self.world > 1:  # the global mini-batch's losses: mean of the processes' scaled ones
+            logged = mdist.all_reduce_sum(logged) / self.world
         for k, label in enumerate(labels):
-            stats[f"loss/policy/{label}"] = policy_losses[k].item()
-            stats[f"loss/value/{label}"] = value_losses[k].item()
-        finite = bool(torch.isfinite(policy_losses).all() and torch.isfinite(value_losses).all())
+            stats[f"loss/policy/{label}"] = logged[0, k].item()
+            stats[f"loss/value/{label}"] = logged[1, k].item()
+        finite = bool(torch.isfinite(logged).all())
         self.optimizer.zero_grad(set_to_none=True)
         if not finite:
             return self._skip("non-finite loss", stats)
         if not cfg.multi_objective:
             (policy_losses[0] + cfg.value_coef * value_losses[0]).backward()
+            self._average_gradients(self.policy_params + self.critic_params)
             grads = [p.grad for p in self.policy_params + self.critic_params if p.grad is not None]
             if not all(torch.isfinite(g).all() for g in grads):
                 return self._skip("non-finite gradient", stats)
@@ -269,6 +313,7 @@ class MultiObjectiveTrainer:
                 if diag.get("skipped"):
                     return self._skip(str(diag["skipped"]), stats)
                 (cfg.value_coef * value_losses.sum()).backward()
+                self._average_gradients(self.critic_params)
                 if cfg.clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self.critic_params, cfg.clip_norm)
             if diag.get("skipped"):
@@ -277,6 +322,15 @@ class MultiObjectiveTrainer:
         self.optimizer.step()
         self.bad_updates = 0
         return stats
+
+    def _average_gradients(self, params: list[Tensor]) -> None:
+        """Data parallel: average plain (unmodulated) gradients over processes, as DDP would."""
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        mdist.average_([p.grad for p in params])
 
     def _skip(self, reason: str, stats: dict[str, Any]) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -319,10 +373,14 @@ class MultiObjectiveTrainer:
         return {"policy": policy_state, "critic": self.critic.trainable_state()}
 
     def save_checkpoint(self, iteration: int) -> Path:
-        path = save_checkpoint(self.out / "checkpoints", iteration, self._tensor_states(), self.optimizer,
-                               {"algo": self.cfg.algo, "bad_updates": self.bad_updates})
-        prune_checkpoints(self.out / "checkpoints", keep=2)
-        return path
+        """Written by process 0 (every process holds the same state); the others wait for it."""
+        root = self.out / "checkpoints"
+        if self.rank == 0:
+            save_checkpoint(root, iteration, self._tensor_states(), self.optimizer,
+                            {"algo": self.cfg.algo, "bad_updates": self.bad_updates})
+            prune_checkpoints(root, keep=2)
+        parallel.barrier()
+        return root / f"iter-{iteration:06d}"
 
     def resume(self) -> bool:
         """Load the latest checkpoint of ``out`` if any; returns whether it did."""
@@ -343,7 +401,8 @@ class MultiObjectiveTrainer:
         set_rng_state(state["rng"])
         self.start_iteration = int(meta["iteration"]) + 1
         self.bad_updates = int(meta.get("bad_updates", 0))
-        _truncate_metrics(self.out / "metrics.jsonl", int(meta["iteration"]))
+        if self.rank == 0:
+            _truncate_metrics(self.out / "metrics.jsonl", int(meta["iteration"]))
         log.info("resumed from %s (next iteration %d)", path, self.start_iteration)
         return True
 
@@ -356,6 +415,8 @@ class MultiObjectiveTrainer:
         return final
 
     def _log(self, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics, ensure_ascii=False) + "\n")
         if self.cfg.tensorboard:
@@ -373,16 +434,20 @@ class MultiObjectiveTrainer:
         """Run the configured iterations (from the latest checkpoint with ``resume``); ``stop_after``
         ends early after that iteration (used to simulate a killed run in tests)."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        main = self.rank == 0  # process 0 writes every file; with R processes all hold the same state
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg) | {"processes": self.world},
+                                                                 sort_keys=False))
+        parallel.barrier()
         if resume:
             self.resume()
-        elif (self.out / "metrics.jsonl").exists():
+        elif main and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()
         t0 = time.perf_counter()
         last: dict[str, Any] = {}
         iterations = range(self.start_iteration, cfg.iterations + 1)
-        bar = tqdm(iterations, desc=f"{cfg.algo}", unit="it", disable=not cfg.progress,
+        bar = tqdm(iterations, desc=f"{cfg.algo}", unit="it", disable=not (cfg.progress and main),
                    initial=self.start_iteration - 1, total=cfg.iterations)
         for it in bar:
             last = self.run_iteration(it)
@@ -401,21 +466,26 @@ class MultiObjectiveTrainer:
             self._writer = None
         finished = stop_after is None or stop_after >= cfg.iterations
         summary = {"algo": cfg.algo, "iterations": cfg.iterations, "wall_time_s": round(wall, 2),
-                   "finished": finished, "objectives": self.names, "last": {k: v for k, v in last.items()
-                                                                            if k != "sample"}}
+                   "finished": finished, "processes": self.world, "objectives": self.names,
+                   "last": {k: v for k, v in last.items() if k != "sample"}}
         if finished:
-            summary["final"] = str(self.save_final())
-        prev = self.out / "run.json"
-        if prev.exists() and resume:
-            summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)
-        (self.out / "run.json").write_text(json.dumps(summary, indent=2))
+            summary["final"] = str(self.out / "final")
+        if main:
+            if finished:
+                self.save_final()
+            prev = self.out / "run.json"
+            if prev.exists() and resume:
+                summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)
+            (self.out / "run.json").write_text(json.dumps(summary, indent=2))
+        parallel.barrier()
         return summary
 
 
 def _flatten_diagnostics(diag: dict[str, Any], names: list[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in diag.items():
-        if isinstance(value, bool) or value is None:
+        # "losses" are this process's (already logged as loss/policy/* for the global mini-batch)
+        if isinstance(value, bool) or value is None or key == "losses":
             continue
         if isinstance(value, (int, float)):
             out[f"grad/{key}"] = float(value)

@@ -42,7 +42,8 @@ def plain_scores(folder, prompts, responses):
     out = []
     with torch.no_grad():
         for p, r in zip(prompts, responses):
-            ids = tok(render_dialogue(tok, p, r), return_tensors="pt", add_special_tokens=False)
+            text = render_dialogue(tok, p, r).rstrip()  # scored text ends at the end of the reply
+            ids = tok(text, return_tensors="pt", add_special_tokens=False)
             out.append(model(**ids).logits[0, 0].item())
     return torch.tensor(out)
 

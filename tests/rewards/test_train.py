@@ -21,7 +21,7 @@ from tests.rewards.toy import save_tiny_base, toy_pairs
 
 
 def tiny_config(base, out, **kw) -> RewardTrainConfig:
-    settings = dict(objective="toy", base=str(base), output_dir=str(out), batch_size=16, epochs=2.0,
+    settings = dict(objective="toy", base=str(base), output_dir=str(out), batch_size=16, epochs=3.0,
                     learning_rate=3e-3, max_length=64, eval_fraction=0.1, logging_steps=8)
     settings.update(kw)
     return RewardTrainConfig(**settings)
@@ -66,7 +66,7 @@ def test_checkpoint_is_a_plain_hugging_face_reward_model(trained):
 
     pairs = toy_pairs(6, seed=5)
     texts = [tok.apply_chat_template([{"role": "user", "content": p.prompt},
-                                      {"role": "assistant", "content": p.chosen}], tokenize=False)
+                                      {"role": "assistant", "content": p.chosen}], tokenize=False).rstrip()
              for p in pairs]
     with torch.no_grad():
         plain = torch.tensor([model(**tok(t, return_tensors="pt", add_special_tokens=False)).logits[0, 0]
@@ -84,7 +84,7 @@ def test_metadata_records_config_data_counts_and_accuracy(trained):
     assert meta["counts"]["eval_pairs"] == 13
     assert meta["eval"]["n"] == 13 and meta["accuracy"] == meta["eval"]["accuracy"]
     assert meta["config"]["learning_rate"] == 3e-3 and meta["config"]["adam_beta2"] == 0.95
-    assert 0 <= meta["last_epoch_train_accuracy"] <= 1 and meta["steps"] == 2 * 8  # ceil(115 / 16) per epoch
+    assert 0 <= meta["last_epoch_train_accuracy"] <= 1 and meta["steps"] == 3 * 8  # ceil(115 / 16) per epoch
     assert RewardModel.from_pretrained(path).name == "toy"
 
 

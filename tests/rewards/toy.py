@@ -13,14 +13,14 @@ FILLER = ("apple", "river", "stone", "cloud", "paper", "window", "garden", "musi
 
 def toy_pairs(n: int, seed: int) -> list[PreferencePair]:
     """Separable toy preference: both responses are random filler words with one marker word inserted
-    at a random place; the chosen one carries ``blue``, the rejected one ``red``."""
+    at a random place, ending with a full stop; the chosen one carries ``blue``, the rejected one ``red``."""
     rng = random.Random(seed)
     pairs = []
     for i in range(n):
         def response(marker: str) -> str:
             words = rng.sample(FILLER, 6)
             words.insert(rng.randrange(len(words) + 1), marker)
-            return " ".join(words)
+            return " ".join(words) + "."
 
         pairs.append(PreferencePair(prompt=f"Say some words, number {i}.", chosen=response("blue"),
                                     rejected=response("red"), source=f"toy:{i + 1}"))
