@@ -70,6 +70,7 @@ class TrainConfig:
     lora: LoraSettings | None = None
     critic_backbone: Literal["trainable", "frozen"] = "trainable"
     # run
+    device: str = "auto"  # auto: this process's GPU (LOCAL_RANK) when CUDA is available, else cpu
     seed: int = 0
     out: str = "runs/molma"
     save_every: int = 10

@@ -41,6 +41,15 @@ def init_from_env() -> None:
     log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
 
 
+def device_for(setting: str = "auto") -> torch.device:
+    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; otherwise the named device."""
+    if setting != "auto":
+        return torch.device(setting)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -86,10 +95,11 @@ def pad_tokens(x: Tensor | None, response_len: int, dim: int = -1) -> Tensor | N
     return F.pad(x, pad, value=0.0)
 
 
-def all_max(value: int) -> int:
+def all_max(value: int, device: torch.device | None = None) -> int:
+    """Largest ``value`` over ranks (``device``: where the collective runs; NCCL needs CUDA)."""
     if world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.long)
+    t = torch.tensor([value], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 

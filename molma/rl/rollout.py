@@ -75,7 +75,8 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     Sampling is batch-invariant (:mod:`molma.rl.sampling`): text ``i`` uses the generator of row
     ``rows[i]`` (default ``i``), so a process holding rows 32..63 of the experience draws exactly what a
     single process holding all 64 rows draws for them."""
-    enc = tokenize_prompts(tokenizer, texts, settings.max_prompt_tokens)
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in tokenize_prompts(tokenizer, texts, settings.max_prompt_tokens).items()}
     rows = list(range(len(texts))) if rows is None else rows
     if len(rows) != len(texts):
         raise ValueError(f"{len(rows)} row indices for {len(texts)} prompts")

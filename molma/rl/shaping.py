@@ -49,7 +49,7 @@ def token_rewards(sequence_reward: Tensor, kl: Tensor, mask: Tensor, beta: float
     mask = mask.to(kl.dtype)
     rewards = (-beta * kl * mask).unsqueeze(0).expand(r.shape[0], -1, -1).clone()
     last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # index of the last response token
-    batch = torch.arange(mask.shape[0])
+    batch = torch.arange(mask.shape[0], device=mask.device)
     rewards[:, batch, last] += r * (mask.sum(dim=1) > 0).to(r.dtype)
     return rewards[0] if squeeze else rewards
 
@@ -98,7 +98,7 @@ def scalarize(
         if w.numel() != len(names):
             raise ValueError(f"{len(w)} weights for {len(names)} objectives")
         w = w / w.sum()
-        return (w.to(shaped.dtype).unsqueeze(1) * shaped).sum(dim=0)
+        return (w.to(device=shaped.device, dtype=shaped.dtype).unsqueeze(1) * shaped).sum(dim=0)
     if scheme == "piecewise":
         for n in (help_name, safe_name):
             if n not in names:

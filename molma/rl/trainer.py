@@ -90,11 +90,13 @@ class MultiObjectiveTrainer:
             if getattr(config, name) % self.world:
                 raise ValueError(f"{name} ({getattr(config, name)}) must be divisible by the number of "
                                  f"processes ({self.world})")
+        self.device = parallel.device_for(config.device)
         torch.manual_seed(config.seed)
         if policy is None:
             from molma.models import load_model
 
-            policy, tokenizer = load_model(config.model)
+            policy, tokenizer = load_model(config.model, device=self.device)
+        policy.to(self.device)
         if tokenizer is None:
             raise ValueError("a tokenizer is needed with a custom policy")
         self.tokenizer = tokenizer
@@ -116,7 +118,9 @@ class MultiObjectiveTrainer:
         if objectives is None:
             from molma.rewards import load_objective
 
-            objectives = [load_objective(spec, name) for name, spec in config.objectives.items()]
+            objectives = [load_objective(spec, name, **({} if spec.startswith("rule:") else
+                                                        {"device": str(self.device)}))
+                          for name, spec in config.objectives.items()]
         self.objectives = list(objectives)
         self.names = [o.name for o in self.objectives]
         if config.multi_objective and len(self.objectives) < 2:
@@ -126,7 +130,8 @@ class MultiObjectiveTrainer:
         self.train_pools, self.heldout_pools = prompt_pools or train_heldout_pools(
             config.prompts, config.heldout_fraction, seed=config.seed)
         # critic: K value heads (one for SO baselines), initialised from the reference
-        self.critic = Critic.from_reference(base_lm, self.n_reward, config.critic_backbone, config.lora)
+        self.critic = Critic.from_reference(base_lm, self.n_reward, config.critic_backbone,
+                                            config.lora).to(self.device)
         self.policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         self.critic_params = self.critic.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
@@ -195,6 +200,7 @@ class MultiObjectiveTrainer:
             bad = (~torch.isfinite(scores)).nonzero()[0].tolist()
             raise FloatingPointError(f"objective {self.names[bad[0]]!r} gave a non-finite score for "
                                      f"response {bad[1]}: {responses[bad[1]]!r}")
+        scores = scores.to(self.device)
         times["scoring"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
@@ -224,8 +230,8 @@ class MultiObjectiveTrainer:
     def _gather_rollout(self, batch: Batch, logp_old: Tensor, logp_ref: Tensor, ref_hidden: Tensor | None,
                         values_old: Tensor, scores: Tensor, responses: list[str]) -> tuple:
         """Every process's rollout rows, padded to common lengths and concatenated in rank order."""
-        P = parallel.all_max(batch.prompt_len)
-        T = parallel.all_max(batch.response_mask.shape[1])
+        P = parallel.all_max(batch.prompt_len, self.device)
+        T = parallel.all_max(batch.response_mask.shape[1], self.device)
         local = parallel.pad_batch(batch, P, T, self.tokenizer.pad_token_id)
         full = Batch(parallel.all_gather_cat(local.input_ids), parallel.all_gather_cat(local.attention_mask), P,
                      parallel.all_gather_cat(local.response_mask))
@@ -355,7 +361,7 @@ class MultiObjectiveTrainer:
         for k, name in enumerate(self.names):
             metrics[f"reward/raw/{name}"] = exp.scores[k].mean().item()
             for tag in sorted(set(exp.tags)):
-                sel = torch.tensor([t == tag for t in exp.tags])
+                sel = torch.tensor([t == tag for t in exp.tags], device=exp.scores.device)
                 metrics[f"reward/raw/{name}/{tag}"] = exp.scores[k][sel].mean().item()
         metrics["kl"] = exp.kl.sum(dim=1).mean().item()
         metrics["response_tokens"] = n_tokens / len(exp.prompts)
