@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from molma.atomic import write_text_atomic
 from molma.eval import plots
 from molma.eval.tables import (
     Table,
@@ -345,15 +346,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     )
     md = "\n\n".join([f"# {title}", f"_{header_note}_", f"_{missing_note}_", *doc.md_parts]) + "\n"
     html_path, md_path = out / "report.html", out / "report.md"
-    _atomic_write(html_path, page)
-    _atomic_write(md_path, md)
+    write_text_atomic(html_path, page)
+    write_text_atomic(md_path, md)
     return Report(html_path, md_path, doc.figures, doc.tables, doc.missing)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_env(eval_dir: Path) -> dict | None:

@@ -13,22 +13,29 @@ every model, then each reward model scores every response).
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from molma.atomic import write_text_atomic
+
 REQUIRED = ("prompt_id", "prompt", "model", "response")
+MAX_TEXT_CHARS = 200_000
+
+
+class ResponsesError(ValueError):
+    """A ``responses.jsonl`` problem, naming the file, line and field."""
 
 
 @dataclass
 class ResponseRecord:
-    """One model's response to one test prompt, with the score of every objective computed so far."""
+    """One model's response to one test prompt, with the score of every objective computed so far.
+    ``line`` is where it was read from (0 for records made in memory)."""
 
     prompt_id: str
     prompt: str
@@ -36,6 +43,7 @@ class ResponseRecord:
     response: str
     tag: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+    line: int = field(default=0, compare=False)
 
     def to_json(self) -> dict:
         return {"prompt_id": self.prompt_id, "prompt": self.prompt, "tag": self.tag, "model": self.model,
@@ -47,68 +55,70 @@ def prompt_id(index: int, total: int) -> str:
     return f"p{index:0{max(4, len(str(max(total - 1, 0))))}d}"
 
 
-def _parse_line(line: str, where: str) -> ResponseRecord:
+def _text(obj: dict, name: str, where: str) -> str:
+    if name not in obj:
+        raise ResponsesError(f"{where}: field '{name}': missing")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise ResponsesError(f"{where}: field '{name}': expected a string, got {value!r:.60}")
+    if name != "response" and not value.strip():  # an empty response is data; an empty id is not
+        raise ResponsesError(f"{where}: field '{name}': empty")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ResponsesError(f"{where}: field '{name}': longer than {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _parse_line(line: str, where: str, lineno: int = 0) -> ResponseRecord:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        raise ResponsesError(f"{where}: not valid JSON: {err.msg} (column {err.colno})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for key in REQUIRED:
-        if key not in obj:
-            raise ValueError(f"{where}: missing field {key!r}")
-        if not isinstance(obj[key], str):
-            raise ValueError(f"{where}: field {key!r} must be a string")
+        raise ResponsesError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    fields = {name: _text(obj, name, where) for name in REQUIRED}
     scores = obj.get("scores") or {}
     if not isinstance(scores, dict):
-        raise ValueError(f"{where}: field 'scores' must be an object")
+        raise ResponsesError(f"{where}: field 'scores': expected an object, got {scores!r:.60}")
     clean: dict[str, float] = {}
     for name, value in scores.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"{where}: field 'scores.{name}' must be a finite number, got {value!r}")
+            raise ResponsesError(f"{where}: field 'scores.{name}': expected a finite number, got {value!r}")
         clean[str(name)] = float(value)
     tag = obj.get("tag") or ""
     if not isinstance(tag, str):
-        raise ValueError(f"{where}: field 'tag' must be a string")
-    return ResponseRecord(prompt_id=obj["prompt_id"], prompt=obj["prompt"], model=obj["model"],
-                          response=obj["response"], tag=tag, scores=clean)
+        raise ResponsesError(f"{where}: field 'tag': expected a string, got {tag!r:.60}")
+    return ResponseRecord(**fields, tag=tag, scores=clean, line=lineno)
+
+
+def iter_responses(path: str | Path) -> Iterator[ResponseRecord]:
+    """Records of ``responses.jsonl`` (or ``.jsonl.gz``) line by line; blank lines are skipped, each
+    line's fields are checked, errors name the file, line and field."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                yield _parse_line(line, f"{path}:{lineno}", lineno)
 
 
 def read_responses(path: str | Path) -> list[ResponseRecord]:
-    """Read ``responses.jsonl``; blank lines are skipped, errors name the file, line and field.
-
-    A (model, prompt_id) pair may appear only once.
-    """
+    """Read ``responses.jsonl``; a (model, prompt_id) pair may appear only once."""
     path = Path(path)
     records: list[ResponseRecord] = []
     seen: dict[tuple[str, str], int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            rec = _parse_line(line, f"{path}:{lineno}")
-            key = (rec.model, rec.prompt_id)
-            if key in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate response of model {rec.model!r} to prompt "
-                                 f"{rec.prompt_id!r} (first at line {seen[key]})")
-            seen[key] = lineno
-            records.append(rec)
+    for rec in iter_responses(path):
+        key = (rec.model, rec.prompt_id)
+        if key in seen:
+            raise ResponsesError(f"{path}:{rec.line}: field 'model': duplicate response of model {rec.model!r} "
+                                 f"to prompt {rec.prompt_id!r} (first on line {seen[key]})")
+        seen[key] = rec.line
+        records.append(rec)
     return records
 
 
 def write_responses(path: str | Path, records: Iterable[ResponseRecord]) -> None:
     """Write records atomically (temporary file + ``os.replace``), one JSON object per line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "".join(json.dumps(rec.to_json(), ensure_ascii=False) + "\n" for rec in records))
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -116,14 +126,7 @@ def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text + "\n")
 
 
 def _json_default(obj):

@@ -32,14 +32,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from molma.atomic import write_text_atomic
 from molma.humaneval.objectives import Objective
 from molma.humaneval.store import StudyData
 
@@ -305,17 +304,6 @@ def _fmt(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _Lines:
     """A csv.writer target collecting text."""
 
@@ -428,7 +416,7 @@ def write_results(
     }
     written = []
     for name, text in files.items():
-        _write_atomic(out / name, text)
+        write_text_atomic(out / name, text)
         written.append(out / name)
     written += save_win_rate_figure(results, model, out / f"win_rates_{_safe_name(model)}")
     return written

@@ -301,7 +301,7 @@ class Study:
                 for i, key in enumerate(prompt_keys):
                     conn.execute(
                         "INSERT INTO prompts (prompt_key, text, tag, position) VALUES (?, ?, ?, ?)",
-                        (key, texts[key].prompt, texts[key].tag, i),
+                        (key, texts[key].prompt, texts[key].tag or None, i),
                     )
                 prompt_ids = {
                     r["prompt_key"]: r["id"] for r in conn.execute("SELECT id, prompt_key FROM prompts")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from molma.atomic import write_text_atomic
 from molma.mbhi.train import METHODS, RunResult, env_slug, json_safe
 
 BASELINES = ("none", "shaping", "hirl")
@@ -105,23 +104,13 @@ def curve_rows(results: Iterable[RunResult], return_window: int = 10) -> list[di
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(path: str | Path, data: Any) -> Path:
-    return _atomic_write(Path(path), json.dumps(json_safe(data), indent=1, allow_nan=False))
+    return write_text_atomic(Path(path), json.dumps(json_safe(data), indent=1, allow_nan=False))
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     if not rows:
-        return _atomic_write(Path(path), "")
+        return write_text_atomic(Path(path), "")
     fields = list(rows[0])
     lines: list[str] = []
 
@@ -133,7 +122,7 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return _atomic_write(Path(path), "".join(lines))
+    return write_text_atomic(Path(path), "".join(lines))
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

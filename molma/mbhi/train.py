@@ -18,8 +18,6 @@ import concurrent.futures as futures
 import json
 import logging
 import multiprocessing
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from molma.atomic import write_text_atomic
 from molma.config import check_range, to_dict
 from molma.mbhi.agents import DQNAgent, DQNConfig
 from molma.mbhi.blocker import BlockerConfig, BlockerEnsemble
@@ -109,14 +108,7 @@ class RunResult:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically (NaN as null)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(json_safe(self.to_json()), f, indent=1, allow_nan=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(json_safe(self.to_json()), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> RunResult:

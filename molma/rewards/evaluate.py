@@ -7,8 +7,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import torch
 
+from molma.atomic import write_text_atomic
 from molma.data.records import PreferencePair
 from molma.rewards.data import data_label, load_pairs, validate_pairs
 from molma.rewards.metrics import pairwise_accuracy, preference_loss, score_stats
@@ -122,18 +121,6 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``results.csv`` (one flat row per model x data set) and ``results.json`` (full rows) into
     ``out_dir``, atomically; returns both paths."""
@@ -146,8 +133,8 @@ def write_results(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> tuple[
     writer.writeheader()
     writer.writerows(flat)
     csv_path, json_path = out / "results.csv", out / "results.json"
-    _atomic_write(csv_path, buf.getvalue())
-    _atomic_write(json_path, json.dumps(list(rows), indent=2) + "\n")
+    write_text_atomic(csv_path, buf.getvalue())
+    write_text_atomic(json_path, json.dumps(list(rows), indent=2) + "\n")
     return csv_path, json_path
 
 

@@ -35,7 +35,7 @@ def test_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "r.jsonl"
     good = json.dumps(_rec("p0000", "a", {"help": 1.0}).to_json())
     path.write_text(good + "\n\n" + json.dumps({"prompt_id": "p1", "prompt": "x", "model": "a"}) + "\n")
-    with pytest.raises(ValueError, match=r"r\.jsonl:3: missing field 'response'"):
+    with pytest.raises(ValueError, match=r"r\.jsonl:3: field 'response': missing"):
         read_responses(path)
     bad = json.loads(good)
     bad["scores"]["help"] = "high"
@@ -43,7 +43,7 @@ def test_errors_name_file_line_and_field(tmp_path):
     with pytest.raises(ValueError, match=r"r\.jsonl:1: field 'scores.help'"):
         read_responses(path)
     path.write_text(good + "\n" + good + "\n")
-    with pytest.raises(ValueError, match=r":2: duplicate response"):
+    with pytest.raises(ValueError, match=r":2: field 'model': duplicate response"):
         read_responses(path)
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"r\.jsonl:1: not valid JSON"):

@@ -55,7 +55,7 @@ def test_gzip_and_optional_fields(tmp_path: Path) -> None:
     with gzip.open(path, "wt") as fh:
         fh.write(_line(tag=..., scores=...) + "\n\n" + _line(model="b", tag=None) + "\n")
     records = load_responses(path)
-    assert [r.model for r in records] == ["a", "b"] and records[0].tag is None and records[0].scores == {}
+    assert [r.model for r in records] == ["a", "b"] and records[0].tag == "" and records[0].scores == {}
 
 
 @pytest.mark.parametrize(
