@@ -5,29 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file
 
+from tests.multiprocess import free_port, needs_gloo
 from tests.rl import toy
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = needs_gloo
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
@@ -60,7 +52,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     train = ["-m", "molma", "train", "--config", str(root / "config.yaml"), "--threads", "1"]
     _run([sys.executable, *train, "--out", str(one)], root)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-          "--master_port", str(_free_port()), *train, "--out", str(two)], root)
+          "--master_port", str(free_port()), *train, "--out", str(two)], root)
     return {"one": one, "two": two}
 
 
