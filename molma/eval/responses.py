@@ -123,8 +123,6 @@ def write_responses(path: str | Path, records: Iterable[ResponseRecord]) -> None
 
 def write_json(path: str | Path, obj) -> None:
     """Write ``obj`` as indented JSON atomically; NaN/inf are refused rather than written silently."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
     write_text_atomic(path, text + "\n")
 

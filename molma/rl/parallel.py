@@ -1,7 +1,7 @@
 """Data parallelism for the RL trainer: R processes share one experience batch.
 
-Launch with ``torchrun --nproc_per_node R -m molma.cli train ...`` or ``accelerate launch
---num_processes R -m molma.cli train ...`` (both set RANK / WORLD_SIZE / MASTER_ADDR). Layout:
+Launch with ``torchrun --nproc_per_node R -m molma train ...`` or ``accelerate launch --multi_gpu
+--num_processes R -m molma train ...`` (both set RANK / WORLD_SIZE / MASTER_ADDR). Layout:
 
 * rollout: rank r generates, scores and runs the reference on rows ``[r b, (r + 1) b)`` of the global
   experience (``b = B / R``); sampling is batch-invariant (:mod:`molma.rl.sampling`), so these rows are
@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from molma.gradients.distributed import world_size
 from molma.rl.rollout import Batch
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ def device_for(setting: str = "auto") -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:

@@ -29,8 +29,8 @@ def warp_logits(scores: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cum = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
-        drop_sorted = (cum - torch.softmax(sorted_scores, dim=-1)) >= top_p  # mass before this token
+        probs = torch.softmax(sorted_scores, dim=-1)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p  # mass before this token
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
     return scores

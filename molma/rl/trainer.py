@@ -85,7 +85,7 @@ class MultiObjectiveTrainer:
         self.cfg = config
         self.out = Path(config.out)
         parallel.init_from_env()  # under torchrun / accelerate launch: join the process group
-        self.world, self.rank = parallel.world_size(), parallel.rank()
+        self.world, self.rank = mdist.world_size(), parallel.rank()
         for name in ("experience_size", "minibatch_size"):
             if getattr(config, name) % self.world:
                 raise ValueError(f"{name} ({getattr(config, name)}) must be divisible by the number of "
@@ -194,8 +194,8 @@ class MultiObjectiveTrainer:
         times["generation"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        prompt_texts = [prompts[i].text for i in rows]
-        scores = torch.stack([obj.score(prompt_texts, responses).float().cpu() for obj in self.objectives])
+        shard_prompts = [prompts[i].text for i in rows]
+        scores = torch.stack([obj.score(shard_prompts, responses).float().cpu() for obj in self.objectives])
         if not torch.isfinite(scores).all():
             bad = (~torch.isfinite(scores)).nonzero()[0].tolist()
             raise FloatingPointError(f"objective {self.names[bad[0]]!r} gave a non-finite score for "
