@@ -37,9 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` config overrides accepted anywhere after the command
+    (argparse alone takes one run of positionals: ``--config c a=1 --out d b=2`` would reject b=2)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     secondary = int(os.environ.get("RANK", "0")) > 0  # under torchrun / accelerate: process 0 narrates
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if secondary else logging.INFO,
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     if not getattr(args, "func", None):
-        parser.print_help()
+        build_parser().print_help()
         return 0
     from molma.data.readers import DataFormatError
     from molma.models import ModelNotAvailableError

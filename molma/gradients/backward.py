@@ -43,11 +43,11 @@ from molma.gradients.weightings import ImportanceLike, Weighting, resolve_weight
 log = logging.getLogger(__name__)
 
 Mode = Literal["exact", "fast", "subset"]
-Layout = Literal["none", "data", "sharded"]
+Layout = Literal["none", "data", "sharded", "fsdp"]
 VJPStrategy = Literal["batched", "loop"]
 
 MODES: tuple[str, ...] = ("exact", "fast", "subset")
-LAYOUTS: tuple[str, ...] = ("none", "data", "sharded")
+LAYOUTS: tuple[str, ...] = ("none", "data", "sharded", "fsdp")
 _SOURCES = {"exact": "parameters", "fast": "representation", "subset": "subset"}
 
 
@@ -78,8 +78,9 @@ class MultiObjectiveBackward:
             (one ``autograd.grad(..., is_grads_batched=True)``; falls back to the loop with a warning
             if an operation has no batching rule).
         distributed: ``"none"``, ``"data"`` (DDP-style: replicated params, different data; do NOT
-            also wrap the model in DDP) or ``"sharded"`` (each rank owns a disjoint parameter shard
-            and sees the same losses).
+            also wrap the model in DDP), ``"sharded"`` (each rank owns a disjoint parameter shard
+            and sees the same losses) or ``"fsdp"`` (parameters sharded by FSDP2 ``fully_shard``,
+            different data per rank; modes ``exact`` and ``fast``).
         process_group: the ``torch.distributed`` group (default: the world).
         **weighting_kwargs: passed to :func:`~molma.gradients.weightings.get_weighting` with a name.
 
@@ -109,6 +110,10 @@ class MultiObjectiveBackward:
             raise ValueError("mode='subset' needs subset_params (e.g. the policy's last layer)")
         if mode != "subset" and self.subset_params:
             raise ValueError("subset_params is only used with mode='subset'")
+        if distributed == "fsdp" and mode == "subset":
+            # the subset's gradients would need their own reduce-scatter, which only a full
+            # backward() through FSDP triggers: that is the cost "subset" exists to avoid
+            raise ValueError("distributed='fsdp' supports mode='exact' and mode='fast', not 'subset'")
         self.weighting: Weighting = resolve_weighting(weighting, **weighting_kwargs)
         self.mode: Mode = mode
         self.clip_norm = clip_norm
@@ -164,10 +169,11 @@ class MultiObjectiveBackward:
 
     # ------------------------------------------------------------------ modes
     def _exact(self, losses: list[Tensor], importance: ImportanceLike, diag: dict[str, Any]) -> None:
-        jacs = self._jacobians(losses, self.params)
+        fsdp = self.distributed == "fsdp"
+        jacs = self._backward_jacobians(losses) if fsdp else self._jacobians(losses, self.params)
         if self.distributed == "data":
             mdist.average_(jacs, self.process_group)
-        M = self._reduced_gramian(jacs, partial=self.distributed == "sharded")
+        M = self._reduced_gramian(jacs, partial=self._partial)
         alpha = self._weights(M, importance, diag)
         update_norm = math.sqrt(max(float(alpha @ M @ alpha), 0.0))  # ||G alpha||, exact across shards
         if not math.isfinite(update_norm):
@@ -176,7 +182,7 @@ class MultiObjectiveBackward:
         grads = combine(jacs, alpha * coef)
         del jacs
         for p, g in zip(self.params, grads):
-            p.grad = g
+            p.grad = mdist.like(p, g)
 
     def _one_backward(self, losses: list[Tensor], representation: Tensor | None,
                       importance: ImportanceLike, diag: dict[str, Any]) -> None:
@@ -184,7 +190,7 @@ class MultiObjectiveBackward:
             assert representation is not None
             jacs = self._jacobians(losses, [representation], retain_graph=True)
             M = gramian(jacs)
-            if self.distributed == "data":
+            if self.distributed in ("data", "fsdp"):
                 # global loss = mean over ranks of local losses: its representation gradient is the
                 # concatenation of the local ones / R, so M = sum_r M_r / R^2
                 R = mdist.world_size(self.process_group)
@@ -193,34 +199,45 @@ class MultiObjectiveBackward:
             jacs = self._jacobians(losses, self.subset_params, retain_graph=True)
             if self.distributed == "data":
                 mdist.average_(jacs, self.process_group)
-            M = self._reduced_gramian(jacs, partial=self.distributed == "sharded")
+            M = self._reduced_gramian(jacs, partial=self._partial)
         del jacs
         alpha = self._weights(M, importance, diag)
         weighted = [(float(a), loss) for a, loss in zip(alpha, losses) if a != 0 and loss.requires_grad]
-        if weighted:
+        if self.distributed == "fsdp":  # FSDP reduce-scatters (averages) on backward() only
+            for p in self.params:
+                p.grad = None
+            if weighted:
+                sum(a * loss for a, loss in weighted).backward()
+            raw = tuple(None if p.grad is None else mdist.local(p.grad) for p in self.params)
+        elif weighted:
             total = sum(a * loss for a, loss in weighted)
             raw = torch.autograd.grad(total, self.params, allow_unused=True)
         else:
             raw = (None,) * len(self.params)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, raw)]
+        grads = [torch.zeros_like(mdist.local(p)) if g is None else g for p, g in zip(self.params, raw)]
         if self.distributed == "data":
             mdist.average_(grads, self.process_group)
         sq = torch.zeros((), dtype=torch.float64, device=self._device)
         for g in grads:
             sq += torch.linalg.vector_norm(g.detach()).double() ** 2
-        if self.distributed == "sharded":
+        if self._partial:
             sq = mdist.all_reduce_sum(sq, self.process_group, self._device)
         update_norm = math.sqrt(float(sq)) if math.isfinite(float(sq)) else math.inf
         if not math.isfinite(update_norm):
             raise _SkipStepError("non-finite combined gradient")
         coef = self._clip_coef(update_norm, diag)
         for p, g in zip(self.params, grads):
-            p.grad = g.mul_(coef) if coef != 1.0 else g
+            p.grad = mdist.like(p, g.mul_(coef) if coef != 1.0 else g)
 
     # ------------------------------------------------------------------ pieces
     @property
     def _device(self) -> torch.device:
         return self.params[0].device
+
+    @property
+    def _partial(self) -> bool:
+        """Whether each rank holds only a shard of every gradient (its Gramian is a partial sum)."""
+        return self.distributed in ("sharded", "fsdp")
 
     def _any_rank(self, flag: bool) -> bool:
         if self.distributed == "none":
@@ -259,6 +276,27 @@ class MultiObjectiveBackward:
             for i, g in enumerate(grads):
                 if g is not None:
                     out[i][k].copy_(g)
+        return out
+
+    def _backward_jacobians(self, losses: list[Tensor]) -> list[Tensor]:
+        """``(K, *local shard shape)`` gradients from K ``backward()`` calls through one graph.
+
+        FSDP2 reduce-scatters a gradient in its post-backward hooks, which ``autograd.grad`` never
+        runs; after each ``backward()`` this rank's ``.grad`` is its shard of the gradient averaged
+        over ranks."""
+        K = len(losses)
+        out = [torch.zeros((K, *mdist.local(p).shape), dtype=p.dtype, device=mdist.local(p).device)
+               for p in self.params]
+        diff = [k for k, loss in enumerate(losses) if loss.requires_grad]
+        for j, k in enumerate(diff):
+            for p in self.params:
+                p.grad = None
+            losses[k].backward(retain_graph=j < len(diff) - 1)
+            for i, p in enumerate(self.params):
+                if p.grad is not None:
+                    out[i][k].copy_(mdist.local(p.grad))
+        for p in self.params:
+            p.grad = None
         return out
 
     def _reduced_gramian(self, jacs: list[Tensor], partial: bool) -> Tensor:
@@ -318,11 +356,9 @@ def last_layer_parameters(model: torch.nn.Module) -> list[Tensor]:
     Takes the longest ``nn.ModuleList`` (the decoder layers of a transformers / peft model) and
     returns the trainable parameters of its last element (with LoRA: that layer's adapters).
     """
-    blocks: torch.nn.ModuleList | None = None
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and (
-                blocks is None or len(module) >= len(blocks)):
-            blocks = module
+    from molma.models.sharding import transformer_blocks
+
+    blocks = transformer_blocks(model)
     params = [] if blocks is None else [p for p in blocks[-1].parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable last layer found; pass subset_params explicitly")

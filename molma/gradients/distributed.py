@@ -8,6 +8,9 @@ Two layouts (see ``docs/gradients.md``):
 * ``"sharded"`` (model-parallel): every rank holds a disjoint shard of the parameters and sees the
   same losses; each rank's Gramian over its shard is a partial sum of ``G^T G``, so one K x K
   all-reduce (sum) gives every rank the full Gramian.
+* ``"fsdp"`` (both): parameters are FSDP2 ``DTensor`` shards and every rank sees different data.
+  Each ``loss.backward()`` makes FSDP reduce-scatter (average) the gradient, so every rank then holds
+  its shard of the data-averaged gradient, and the sharded Gramian rule applies.
 """
 
 from __future__ import annotations
@@ -21,6 +24,31 @@ from torch import Tensor
 
 #: Elements per all-reduce bucket when averaging gradients (64 MB of float32).
 BUCKET_NUMEL = 1 << 24
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (an FSDP2 parameter or gradient)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local(t: Tensor) -> Tensor:
+    """This rank's part of ``t``: the local shard of a ``DTensor``, else ``t`` itself."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def like(param: Tensor, local_value: Tensor) -> Tensor:
+    """``local_value`` (this rank's shard) as a tensor laid out like ``param`` (a ``DTensor`` with the
+    same mesh, placements and global shape when ``param`` is one)."""
+    if not is_dtensor(param):
+        return local_value
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local_value, param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=param.stride())
 
 
 def require_initialized(kind: str) -> None:

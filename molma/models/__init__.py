@@ -12,10 +12,11 @@ from molma.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
+from molma.models.sharding import is_peft, shard_model, transformer_blocks
 from molma.models.tiny import tiny_llama, tiny_llama_config
 
 __all__ = [
     "BUILTIN_MODELS", "DEFAULT_MODEL", "LoraSettings", "ModelNotAvailableError", "apply_lora",
-    "builtin_model_path", "cache_dir", "load_model", "load_tokenizer", "resolve_model_path",
-    "tiny_llama", "tiny_llama_config",
+    "builtin_model_path", "cache_dir", "is_peft", "load_model", "load_tokenizer", "resolve_model_path",
+    "shard_model", "tiny_llama", "tiny_llama_config", "transformer_blocks",
 ]

@@ -40,15 +40,17 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def save_checkpoint(root: Path, iteration: int, tensors: dict[str, dict[str, torch.Tensor]],
-                    optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> Path:
-    """Write ``root/iter-NNNNNN`` atomically and point ``root/latest`` at it."""
+                    optimizer_state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write ``root/iter-NNNNNN`` atomically and point ``root/latest`` at it.
+
+    ``optimizer_state``: ``optimizer.state_dict()``, or a full (gathered) one for sharded training."""
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"iter-{iteration:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         for name, state in tensors.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+        torch.save({"optimizer": optimizer_state, "rng": rng_state()}, tmp / "state.pt")
         _write_json(tmp / "meta.json", {**meta, "iteration": iteration})
         if target.exists():
             shutil.rmtree(target)

@@ -71,6 +71,12 @@ class TrainConfig:
     critic_backbone: Literal["trainable", "frozen"] = "trainable"
     # run
     device: str = "auto"  # auto: this process's GPU (LOCAL_RANK) when CUDA is available, else cpu
+    # with several processes: shard policy, reference and critic with FSDP2 (fully_shard) instead of
+    # replicating them; the per-objective gradients are reduce-scattered and the Gramian all-reduced
+    fsdp: bool = False
+    # fsdp: gather the whole policy once per rollout, so decoding does not all-gather every block at
+    # every token (costs the full policy's memory during generation; false: block by block)
+    fsdp_gather_for_generation: bool = True
     seed: int = 0
     out: str = "runs/molma"
     save_every: int = 10
@@ -112,6 +118,9 @@ class TrainConfig:
             raise ValueError(f"prompt_mix names pools {sorted(missing)} not in prompts {sorted(self.prompts)}")
         if abs(sum(self.prompt_mix.values()) - 1.0) > 1e-6:
             raise ValueError(f"prompt_mix proportions must sum to 1, got {sum(self.prompt_mix.values())}")
+        if self.fsdp and self.gradient_mode == "subset":
+            raise ValueError("fsdp supports gradient_mode exact or fast, not subset (the subset's gradients "
+                             "would need a full backward through FSDP anyway)")
         if self.gradient_mode == "fast" and self.modulate_critic:
             raise ValueError("gradient_mode=fast modulates the policy only; set modulate_critic=false")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import Tensor, nn
 
 from molma.rl.rollout import Batch
@@ -71,7 +70,3 @@ class Critic(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
-
-    @torch.no_grad()
-    def trainable_state(self) -> dict[str, Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}

@@ -67,14 +67,17 @@ def tokenize_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> dic
 
 @torch.no_grad()
 def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, seed: int,
-             rows: list[int] | None = None) -> tuple[Batch, Tensor]:
+             rows: list[int] | None = None, synced: bool = False) -> tuple[Batch, Tensor]:
     """Sample one response per prompt text (already chat-templated). Returns the batch layout and the
     sampling policy's log-probabilities [B, T] of the sampled tokens, computed from the raw logits that
     generate() returns (no second forward pass).
 
     Sampling is batch-invariant (:mod:`molma.rl.sampling`): text ``i`` uses the generator of row
     ``rows[i]`` (default ``i``), so a process holding rows 32..63 of the experience draws exactly what a
-    single process holding all 64 rows draws for them."""
+    single process holding all 64 rows draws for them.
+
+    ``synced``: every process of a sharded (FSDP) model must take part in every forward pass, so the
+    processes keep decoding until all of them are done (transformers' ``synced_gpus``)."""
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in tokenize_prompts(tokenizer, texts, settings.max_prompt_tokens).items()}
     rows = list(range(len(texts))) if rows is None else rows
@@ -96,6 +99,7 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
         eos_token_id=sorted(stop_ids),
         return_dict_in_generate=True,
         output_logits=True,
+        synced_gpus=synced,
     )
     model.train(was_training)
     P = enc["input_ids"].shape[1]

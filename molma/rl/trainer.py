@@ -14,6 +14,7 @@ One iteration, top to bottom (see :meth:`MultiObjectiveTrainer.run_iteration`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -31,6 +32,14 @@ from tqdm.auto import tqdm
 from molma.config import to_dict
 from molma.data.chat import render_prompt
 from molma.gradients import distributed as mdist
+from molma.models.sharding import (
+    device_mesh,
+    full_tensor,
+    gathered,
+    is_peft,
+    parameter_bytes,
+    shard_model,
+)
 from molma.rl import parallel
 from molma.rl.checkpoint import (
     latest_checkpoint,
@@ -69,10 +78,6 @@ class Experience:
     kl: Tensor  # [B, T]
 
 
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
 class MultiObjectiveTrainer:
     """Trainer for MOLMA, GAPO / P-GAPO, any gradient method, and the SO baselines.
 
@@ -91,6 +96,8 @@ class MultiObjectiveTrainer:
                 raise ValueError(f"{name} ({getattr(config, name)}) must be divisible by the number of "
                                  f"processes ({self.world})")
         self.device = parallel.device_for(config.device)
+        if self.device.type == "cuda":  # NCCL collectives and FSDP's mesh use the current device
+            torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)
         if policy is None:
             from molma.models import load_model
@@ -100,13 +107,13 @@ class MultiObjectiveTrainer:
         if tokenizer is None:
             raise ValueError("a tokenizer is needed with a custom policy")
         self.tokenizer = tokenizer
-        if config.lora is not None and not _is_peft(policy):
+        if config.lora is not None and not is_peft(policy):
             from molma.models import apply_lora
 
             policy = apply_lora(policy, config.lora)
         self.policy = policy
         # pi_0: with LoRA the base model with adapters disabled (no copy); otherwise a frozen copy
-        if _is_peft(policy):
+        if is_peft(policy):
             self.reference = None
             base_lm = policy.get_base_model()
         else:
@@ -132,6 +139,19 @@ class MultiObjectiveTrainer:
         # critic: K value heads (one for SO baselines), initialised from the reference
         self.critic = Critic.from_reference(base_lm, self.n_reward, config.critic_backbone,
                                             config.lora).to(self.device)
+        self.sharded = config.fsdp and self.world > 1
+        if config.fsdp and not self.sharded:
+            log.warning("fsdp: true needs several processes (torchrun / accelerate launch); training "
+                        "unsharded on this one")
+        if self.sharded:  # FSDP2: every process keeps 1/R of each weight (molma.models.sharding)
+            mesh = device_mesh(self.device)
+            for module in (self.policy, self.reference, self.critic):
+                if module is not None:
+                    shard_model(module, mesh)
+            sizes = [parameter_bytes(m) for m in (self.policy, self.reference, self.critic) if m is not None]
+            log.info("fsdp: policy%s and critic sharded over %d processes; this one holds %.0f of %.0f MB "
+                     "of their weights", "" if self.reference is None else ", reference", self.world,
+                     sum(h for h, _ in sizes) / 2**20, sum(w for _, w in sizes) / 2**20)
         self.policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         self.critic_params = self.critic.trainable_parameters()
         self.optimizer = torch.optim.AdamW(
@@ -157,9 +177,9 @@ class MultiObjectiveTrainer:
             kwargs["p"] = cfg.gapo_p
         if cfg.gradient_mode == "subset":
             kwargs["subset_params"] = last_layer_parameters(self.policy)
+        layout = "fsdp" if self.sharded else "data" if self.world > 1 else "none"
         return MultiObjectiveBackward(params, cfg.gradient_method, mode=cfg.gradient_mode,
-                                      clip_norm=cfg.clip_norm, distributed="data" if self.world > 1 else "none",
-                                      **kwargs)
+                                      clip_norm=cfg.clip_norm, distributed=layout, **kwargs)
 
     @property
     def importance(self) -> Tensor | None:
@@ -186,8 +206,11 @@ class MultiObjectiveTrainer:
                                seed=cfg.seed * 1_000_003 + iteration)
         rows = list(parallel.shard(len(prompts), self.world, self.rank))
         texts = [render_prompt(self.tokenizer, prompts[i].text) for i in rows]
-        batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
-                                   seed=cfg.seed * 7_919 + iteration, rows=rows)
+        gather = self.sharded and cfg.fsdp_gather_for_generation
+        with gathered(self.policy) if gather else contextlib.nullcontext():
+            batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
+                                       seed=cfg.seed * 7_919 + iteration, rows=rows,
+                                       synced=self.sharded and not gather)
         responses = self.tokenizer.batch_decode(
             batch.response_ids.masked_fill(batch.response_mask == 0, self.tokenizer.pad_token_id),
             skip_special_tokens=True)
@@ -303,12 +326,14 @@ class MultiObjectiveTrainer:
         if not cfg.multi_objective:
             (policy_losses[0] + cfg.value_coef * value_losses[0]).backward()
             self._average_gradients(self.policy_params + self.critic_params)
-            grads = [p.grad for p in self.policy_params + self.critic_params if p.grad is not None]
-            if not all(torch.isfinite(g).all() for g in grads):
+            grads = [mdist.local(p.grad) for p in self.policy_params + self.critic_params if p.grad is not None]
+            bad = not all(torch.isfinite(g).all() for g in grads)
+            if self.sharded:  # each process checked only its shard: decide together
+                bad = mdist.any_rank(bad, device=self.device)
+            if bad:
                 return self._skip("non-finite gradient", stats)
             if cfg.clip_norm is not None:
-                stats["grad/norm"] = float(torch.nn.utils.clip_grad_norm_(
-                    self.policy_params + self.critic_params, cfg.clip_norm))
+                stats["grad/norm"] = self._clip(self.policy_params + self.critic_params)
         else:
             if cfg.modulate_critic:
                 diag = self.engine.backward(list(policy_losses + cfg.value_coef * value_losses),
@@ -321,7 +346,7 @@ class MultiObjectiveTrainer:
                 (cfg.value_coef * value_losses.sum()).backward()
                 self._average_gradients(self.critic_params)
                 if cfg.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.critic_params, cfg.clip_norm)
+                    self._clip(self.critic_params)
             if diag.get("skipped"):
                 return self._skip(str(diag["skipped"]), stats)
             stats.update(_flatten_diagnostics(diag, self.names))
@@ -329,9 +354,14 @@ class MultiObjectiveTrainer:
         self.bad_updates = 0
         return stats
 
+    def _clip(self, params: list[Tensor]) -> float:
+        """Clip to ``clip_norm`` (global norm over processes when sharded); returns the norm before."""
+        return float(full_tensor(torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm)))
+
     def _average_gradients(self, params: list[Tensor]) -> None:
-        """Data parallel: average plain (unmodulated) gradients over processes, as DDP would."""
-        if self.world == 1:
+        """Data parallel: average plain (unmodulated) gradients over processes, as DDP would (FSDP's
+        backward already did)."""
+        if self.world == 1 or self.sharded:
             return
         for p in params:
             if p.grad is None:
@@ -375,15 +405,30 @@ class MultiObjectiveTrainer:
 
     # ------------------------------------------------------------------ persistence
     def _tensor_states(self) -> dict[str, dict[str, Tensor]]:
-        policy_state = {n: p.detach() for n, p in self.policy.named_parameters() if p.requires_grad}
-        return {"policy": policy_state, "critic": self.critic.trainable_state()}
+        """Trainable parameters, whole (gathered from the shards when sharded: every process calls)."""
+        return {name: {n: full_tensor(p.detach()) for n, p in module.named_parameters() if p.requires_grad}
+                for name, module in (("policy", self.policy), ("critic", self.critic))}
+
+    @property
+    def _modules(self) -> torch.nn.ModuleDict:
+        """Policy and critic under one root, for torch.distributed.checkpoint's state-dict helpers."""
+        return torch.nn.ModuleDict({"policy": self.policy, "critic": self.critic})
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The whole optimizer state keyed by parameter name (gathered from the shards under FSDP), so a
+        run resumes with any number of processes, sharded or not."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True) if self.sharded else None
+        return get_optimizer_state_dict(self._modules, self.optimizer, options=options)
 
     def save_checkpoint(self, iteration: int) -> Path:
-        """Written by process 0 (every process holds the same state); the others wait for it."""
+        """Written by process 0 (with FSDP after gathering the shards); the others wait for it."""
         root = self.out / "checkpoints"
+        tensors, optimizer_state = self._tensor_states(), self._optimizer_state()
         if self.rank == 0:
-            save_checkpoint(root, iteration, self._tensor_states(), self.optimizer,
-                            {"algo": self.cfg.algo, "bad_updates": self.bad_updates})
+            save_checkpoint(root, iteration, tensors, optimizer_state,
+                            {"algo": self.cfg.algo, "bad_updates": self.bad_updates, "fsdp": self.sharded})
             prune_checkpoints(root, keep=2)
         parallel.barrier()
         return root / f"iter-{iteration:06d}"
@@ -402,8 +447,15 @@ class MultiObjectiveTrainer:
                     raise ValueError(f"{path}: checkpoint has {group} parameters this model lacks: "
                                      f"{sorted(missing)[:3]}")
                 for name, value in tensors[group].items():
-                    params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+                    params[name].copy_(self._placed_like(params[name], value))
+        groups = state["optimizer"]["param_groups"]
+        if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
+            self.optimizer.load_state_dict(state["optimizer"])  # molma <= 0.2: keyed by position
+        else:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True) if self.sharded else None
+            set_optimizer_state_dict(self._modules, self.optimizer, state["optimizer"], options=options)
         set_rng_state(state["rng"])
         self.start_iteration = int(meta["iteration"]) + 1
         self.bad_updates = int(meta.get("bad_updates", 0))
@@ -412,12 +464,39 @@ class MultiObjectiveTrainer:
         log.info("resumed from %s (next iteration %d)", path, self.start_iteration)
         return True
 
+    @staticmethod
+    def _placed_like(param: Tensor, value: Tensor) -> Tensor:
+        """A whole tensor from a checkpoint, as this process's shard when ``param`` is sharded."""
+        value = value.to(param.device, param.dtype)
+        if not mdist.is_dtensor(param):
+            return value
+        from torch.distributed.tensor import distribute_tensor
+
+        # every process read the same file: each slices its shard locally (src_data_rank=None)
+        return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+
     def save_final(self) -> Path:
+        """``final/``: the adapter (LoRA) or the whole model, and the tokenizer; written by process 0."""
         final = self.out / "final"
+        state = None
+        if self.sharded:  # gather the shards (every process takes part); LoRA: the adapters only
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.policy, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True, ignore_frozen_params=is_peft(self.policy)))
+            # tied weights (embeddings = LM head) are one parameter: keep its first name only, as
+            # save_pretrained does for an unsharded model
+            first: dict[int, str] = {}
+            for name, param in self.policy.named_parameters(remove_duplicate=False):
+                if first.setdefault(id(param), name) != name:
+                    state.pop(name, None)
+        if self.rank != 0:
+            return final
         final.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(final, safe_serialization=True)
+        self.policy.save_pretrained(final, safe_serialization=True,
+                                    **({"state_dict": state} if state is not None else {}))
         self.tokenizer.save_pretrained(final)
-        (final / "molma.json").write_text(json.dumps({"base_model": self.cfg.model, "lora": _is_peft(self.policy)}))
+        (final / "molma.json").write_text(json.dumps({"base_model": self.cfg.model, "lora": is_peft(self.policy)}))
         return final
 
     def _log(self, metrics: dict[str, Any]) -> None:
@@ -472,13 +551,14 @@ class MultiObjectiveTrainer:
             self._writer = None
         finished = stop_after is None or stop_after >= cfg.iterations
         summary = {"algo": cfg.algo, "iterations": cfg.iterations, "wall_time_s": round(wall, 2),
-                   "finished": finished, "processes": self.world, "objectives": self.names,
+                   "finished": finished, "processes": self.world, "fsdp": self.sharded,
+                   "objectives": self.names,
                    "last": {k: v for k, v in last.items() if k != "sample"}}
         if finished:
             summary["final"] = str(self.out / "final")
+        if finished:
+            self.save_final()  # every process: with FSDP the shards are gathered first
         if main:
-            if finished:
-                self.save_final()
             prev = self.out / "run.json"
             if prev.exists() and resume:
                 summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)

@@ -74,3 +74,15 @@ def test_missing_file_and_section(tmp_path):
 def test_parse_overrides_nested_and_yaml_values():
     assert parse_overrides(["a.b=1e-3", "c=true", "d=[x, y]", "e="]) == {
         "a": {"b": 1e-3}, "c": True, "d": ["x", "y"], "e": ""}
+
+
+def test_cli_takes_overrides_before_and_after_options():
+    from molma.cli.main import parse_args
+
+    args = parse_args(["train", "--config", "c.yaml", "lr=1e-3", "--out", "runs/x", "fsdp=true", "iterations=2"])
+    assert args.out == "runs/x"
+    assert args.overrides == ["lr=1e-3", "fsdp=true", "iterations=2"]
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--config", "c.yaml", "--out", "runs/x", "--no-such-flag"])
+    with pytest.raises(SystemExit):  # a command without overrides still rejects stray words
+        parse_args(["report", "runs/exp", "lr=1"])

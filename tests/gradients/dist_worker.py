@@ -100,6 +100,24 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     diag = engine.backward(losses)
     result["sharded_exact"] = {"diag": diag, "grads": [p.grad.clone() for p in shard]}
 
+    # 3b. FSDP2: parameters sharded by fully_shard, different data per rank; K backward() calls
+    #     reduce-scatter the per-objective gradients, partial Gramians are all-reduced
+    from molma.models.sharding import device_mesh, full_tensor, parameter_bytes, shard_model
+
+    for mode, weighting in (("exact", "aligned-mtl"), ("fast", "gapo")):
+        model = shard_model(build_model(), device_mesh(torch.device("cpu")))
+        params = list(model.parameters())
+        opt = torch.optim.SGD(params, lr=0.1)
+        engine = MultiObjectiveBackward(params, weighting, mode=mode, distributed="fsdp")
+        losses, tok_lp = losses_of(model, ids[mine], weights[:, mine])
+        diag = engine.backward(losses, representation=tok_lp if mode == "fast" else None)
+        local_shapes = [tuple(p.grad.to_local().shape) for p in params]
+        opt.step()
+        full = torch.cat([full_tensor(p.detach()).reshape(-1) for p in model.parameters()])
+        result[f"fsdp_{mode}"] = {"diag": diag, "params": full, "local_shapes": local_shapes,
+                                  "full_shapes": [tuple(p.shape) for p in params],
+                                  "bytes": parameter_bytes(model)}
+
     # 4. a non-finite loss on one rank makes every rank skip (no deadlock, no divergence)
     model = build_model()
     params = list(model.parameters())

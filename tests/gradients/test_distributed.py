@@ -80,6 +80,34 @@ def test_data_parallel_one_backward_modes(ranks: list[dict], mode: str) -> None:
     torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("mode", "weighting"), [("exact", "aligned-mtl"), ("fast", "gapo")])
+def test_fsdp_step_equals_the_single_process_full_batch_step(ranks: list[dict], mode: str,
+                                                              weighting: str) -> None:
+    r0, r1 = ranks[0][f"fsdp_{mode}"], ranks[1][f"fsdp_{mode}"]
+    # the gradients really were sharded: each rank held about half of every weight matrix
+    assert r0["full_shapes"] == r1["full_shapes"]
+    split = [(a, b, f) for a, b, f in zip(r0["local_shapes"], r1["local_shapes"], r0["full_shapes"])
+             if len(f) == 2]
+    assert split and all(a[0] + b[0] == f[0] and a[0] < f[0] for a, b, f in split)
+    (held0, whole), (held1, whole1) = r0["bytes"], r1["bytes"]
+    assert whole == whole1 and held0 + held1 == whole and held0 < whole
+    assert r0["diag"]["skipped"] is None and r0["diag"]["distributed"] == "fsdp"
+    assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
+    assert torch.equal(r0["params"], r1["params"])
+    ref_diag, ref_params = single_process(mode, weighting)
+    torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
+                               rtol=1e-5, atol=1e-8)
+    assert r0["diag"]["update_norm"] == pytest.approx(ref_diag["update_norm"], rel=1e-5)
+    torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_refuses_the_subset_mode() -> None:
+    model = build_model()
+    with pytest.raises(ValueError, match="fsdp.*not 'subset'"):
+        MultiObjectiveBackward(model.parameters(), "gapo", mode="subset", distributed="fsdp",
+                               subset_params=last_layer_parameters(model))
+
+
 def test_sharded_gramian_equals_full_gramian(ranks: list[dict]) -> None:
     model = build_model()
     params = list(model.parameters())

@@ -1,0 +1,97 @@
+"""FSDP2 sharding of a causal LM (plain or LoRA-wrapped) or of the critic, and gathering it back.
+
+PyTorch's ``fully_shard`` does the work; what this module adds is where to apply it for the models
+molma trains: every transformer block is its own FSDP unit (gathered just before it runs, freed right
+after), then the root. The root of a peft model is its base causal LM, not the ``PeftModel`` wrapper:
+``PeftModel.generate()`` calls the base model directly, so a hook on the wrapper would never gather
+the embeddings for generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+
+def is_peft(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft ``PeftModel`` (LoRA adapters that can be disabled)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder layers of a transformers / peft model: its longest ``nn.ModuleList``."""
+    blocks: nn.ModuleList | None = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and (
+                blocks is None or len(module) >= len(blocks)):
+            blocks = module
+    return blocks
+
+
+def device_mesh(device: torch.device):
+    """A 1-D mesh over every process of the default group, on ``device``'s type (cpu: gloo)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (dist.get_world_size(),))
+
+
+def shard_model(model: nn.Module, mesh) -> nn.Module:
+    """``fully_shard`` each transformer block, then the root (in place; returns ``model``).
+
+    Afterwards every parameter is a ``DTensor`` holding this process's shard along dim 0; forward and
+    backward gather the full weights block by block, and ``backward()`` reduce-scatters (averages)
+    the gradients over processes."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in transformer_blocks(model) or []:
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    fully_shard(_root(model), mesh=mesh, reshard_after_forward=False)  # PyTorch's defaults, made explicit
+    return model
+
+
+def _root(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if is_peft(model) else model
+
+
+@contextmanager
+def gathered(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside: the sharded ``model`` holds its whole weights (one all-gather per FSDP unit), and its
+    forward passes communicate nothing, so generation decodes token by token at replicated speed and
+    processes may stop at different lengths. Costs the full model's memory while inside.
+
+    Without it every decoding step would all-gather every block again."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    root = _root(model)
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(unit is not root, recurse=False)  # as shard_model set them
+            unit.reshard()
+
+
+def parameter_bytes(model: nn.Module) -> tuple[int, int]:
+    """Bytes of weights this process holds, and of the whole model (equal when not sharded)."""
+    from molma.gradients.distributed import local
+
+    held = whole = 0
+    for p in model.parameters():
+        held += local(p).numel() * p.element_size()
+        whole += p.numel() * p.element_size()
+    return held, whole
+
+
+def full_tensor(t: Tensor) -> Tensor:
+    """The whole tensor (a collective for a ``DTensor``: every process must call it, in the same order)."""
+    from molma.gradients.distributed import is_dtensor
+
+    return t.full_tensor() if is_dtensor(t) else t
