@@ -98,12 +98,19 @@ class MultiObjectiveTrainer:
         self.device = parallel.device_for(config.device)
         if self.device.type == "cuda":  # NCCL collectives and FSDP's mesh use the current device
             torch.cuda.set_device(self.device)
+        self.sharded = config.fsdp and self.world > 1
+        if config.fsdp and not self.sharded:
+            log.warning("fsdp: true needs several processes (torchrun / accelerate launch); training "
+                        "unsharded on this one")
+        # sharded: build on the CPU; fully_shard moves each block's shard to the device (a GPU never
+        # holds more than one whole block of policy, reference or critic)
+        build_device = torch.device("cpu") if self.sharded else self.device
         torch.manual_seed(config.seed)
         if policy is None:
             from molma.models import load_model
 
-            policy, tokenizer = load_model(config.model, device=self.device)
-        policy.to(self.device)
+            policy, tokenizer = load_model(config.model, device=build_device)
+        policy.to(build_device)
         if tokenizer is None:
             raise ValueError("a tokenizer is needed with a custom policy")
         self.tokenizer = tokenizer
@@ -138,11 +145,7 @@ class MultiObjectiveTrainer:
             config.prompts, config.heldout_fraction, seed=config.seed)
         # critic: K value heads (one for SO baselines), initialised from the reference
         self.critic = Critic.from_reference(base_lm, self.n_reward, config.critic_backbone,
-                                            config.lora).to(self.device)
-        self.sharded = config.fsdp and self.world > 1
-        if config.fsdp and not self.sharded:
-            log.warning("fsdp: true needs several processes (torchrun / accelerate launch); training "
-                        "unsharded on this one")
+                                            config.lora).to(build_device)
         if self.sharded:  # FSDP2: every process keeps 1/R of each weight (molma.models.sharding)
             mesh = device_mesh(self.device)
             for module in (self.policy, self.reference, self.critic):
@@ -405,9 +408,27 @@ class MultiObjectiveTrainer:
 
     # ------------------------------------------------------------------ persistence
     def _tensor_states(self) -> dict[str, dict[str, Tensor]]:
-        """Trainable parameters, whole (gathered from the shards when sharded: every process calls)."""
-        return {name: {n: full_tensor(p.detach()) for n, p in module.named_parameters() if p.requires_grad}
+        """Trainable parameters, whole. Sharded: gathered to process 0's CPU (every process calls)."""
+        if self.sharded:
+            return {name: self._gathered_state(module, trainable_only=True)
+                    for name, module in (("policy", self.policy), ("critic", self.critic))}
+        return {name: {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
                 for name, module in (("policy", self.policy), ("critic", self.critic))}
+
+    @staticmethod
+    def _gathered_state(module: torch.nn.Module, trainable_only: bool) -> dict[str, Tensor]:
+        """The whole state dict of a sharded module on process 0's CPU (empty elsewhere), one tensor at
+        a time. Tied weights (embeddings = LM head) are one parameter: only its first name is kept, as
+        ``named_parameters()`` and ``save_pretrained`` do for an unsharded model."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(module, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only))
+        first: dict[int, str] = {}
+        for name, param in module.named_parameters(remove_duplicate=False):
+            if first.setdefault(id(param), name) != name:
+                state.pop(name, None)
+        return state
 
     @property
     def _modules(self) -> torch.nn.ModuleDict:
@@ -480,16 +501,7 @@ class MultiObjectiveTrainer:
         final = self.out / "final"
         state = None
         if self.sharded:  # gather the shards (every process takes part); LoRA: the adapters only
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            state = get_model_state_dict(self.policy, options=StateDictOptions(
-                full_state_dict=True, cpu_offload=True, ignore_frozen_params=is_peft(self.policy)))
-            # tied weights (embeddings = LM head) are one parameter: keep its first name only, as
-            # save_pretrained does for an unsharded model
-            first: dict[int, str] = {}
-            for name, param in self.policy.named_parameters(remove_duplicate=False):
-                if first.setdefault(id(param), name) != name:
-                    state.pop(name, None)
+            state = self._gathered_state(self.policy, trainable_only=is_peft(self.policy))
         if self.rank != 0:
             return final
         final.mkdir(parents=True, exist_ok=True)
