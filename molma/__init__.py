@@ -5,4 +5,4 @@ Reading order follows the data flow (see README "Architecture"): ``molma.data`` 
 ``molma.mbhi`` stand apart.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

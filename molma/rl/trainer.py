@@ -568,7 +568,6 @@ class MultiObjectiveTrainer:
                    "last": {k: v for k, v in last.items() if k != "sample"}}
         if finished:
             summary["final"] = str(self.out / "final")
-        if finished:
             self.save_final()  # every process: with FSDP the shards are gathered first
         if main:
             prev = self.out / "run.json"

@@ -49,6 +49,22 @@ def flat_params(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def _inf_grad(x: torch.Tensor) -> torch.Tensor:
+    """Zero in the forward pass, an infinite gradient for ``x`` in the backward pass."""
+    return _InfGradOf.apply(x)
+
+
+class _InfGradOf(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.new_full(ctx.shape, float("inf"))
+
+
 def main(rank: int, world: int, port: int, out: Path) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -117,6 +133,16 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
         result[f"fsdp_{mode}"] = {"diag": diag, "params": full, "local_shapes": local_shapes,
                                   "full_shapes": [tuple(p.shape) for p in params],
                                   "bytes": parameter_bytes(model)}
+
+    # 3c. FSDP: a non-finite gradient on one rank's data (finite loss) skips the step everywhere
+    model = shard_model(build_model(), device_mesh(torch.device("cpu")))
+    params = list(model.parameters())
+    engine = MultiObjectiveBackward(params, "aligned-mtl", mode="exact", distributed="fsdp")
+    losses, tok_lp = losses_of(model, ids[mine], weights[:, mine])
+    if rank == 1:  # inf gradient, finite loss value
+        losses[0] = losses[0] + _inf_grad(tok_lp)
+    result["fsdp_nan"] = {"diag": engine.backward(losses),
+                          "grads": [p.grad for p in params]}
 
     # 4. a non-finite loss on one rank makes every rank skip (no deadlock, no divergence)
     model = build_model()

@@ -128,6 +128,12 @@ def test_sharded_gramian_equals_full_gramian(ranks: list[dict]) -> None:
             torch.testing.assert_close(got, p.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_fsdp_non_finite_gradient_on_one_rank_skips_everywhere(ranks: list[dict]) -> None:
+    for r in range(2):  # the reduce-scatter spreads the inf to every shard; every rank skips
+        assert ranks[r]["fsdp_nan"]["diag"]["skipped"] == "non-finite gradient for objective 0"
+        assert all(g is None for g in ranks[r]["fsdp_nan"]["grads"])
+
+
 def test_non_finite_loss_on_one_rank_skips_everywhere(ranks: list[dict]) -> None:
     assert ranks[1]["nan_skip"]["skipped"] == "non-finite loss for objective 2"
     assert ranks[0]["nan_skip"]["skipped"] == "non-finite loss on another rank"

@@ -84,7 +84,8 @@ def test_fast_mode_and_modulated_critic_run(policy, tmp_path):
         assert summary["finished"]
 
 
-def test_killed_run_resumes_to_identical_parameters(policy, tmp_path):
+@pytest.mark.parametrize("optimizer_format", ["by-name", "by-position (molma 0.2)"])
+def test_killed_run_resumes_to_identical_parameters(policy, tmp_path, optimizer_format):
     model, tok = policy
     common = dict(iterations=5, experience_size=8, minibatch_size=4, save_every=1, critic_backbone="trainable")
 
@@ -98,6 +99,12 @@ def test_killed_run_resumes_to_identical_parameters(policy, tmp_path):
     full.train()
     killed = make("killed")
     killed.train(stop_after=3)
+    state_file = tmp_path / "killed" / "checkpoints" / "iter-000003" / "state.pt"
+    state = torch.load(state_file, weights_only=True)
+    assert state["optimizer"]["state"] and all(isinstance(n, str) for n in state["optimizer"]["state"])  # by name
+    if optimizer_format != "by-name":  # a checkpoint written by molma 0.2 still resumes
+        state["optimizer"] = killed.optimizer.state_dict()
+        torch.save(state, state_file)
     resumed = make("killed")
     resumed.train(resume=True)
     assert resumed.start_iteration == 4
