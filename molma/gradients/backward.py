@@ -80,7 +80,8 @@ class MultiObjectiveBackward:
         distributed: ``"none"``, ``"data"`` (DDP-style: replicated params, different data; do NOT
             also wrap the model in DDP), ``"sharded"`` (each rank owns a disjoint parameter shard
             and sees the same losses) or ``"fsdp"`` (parameters sharded by FSDP2 ``fully_shard``,
-            different data per rank; modes ``exact`` and ``fast``).
+            different data per rank; parameters FSDP leaves unsharded are averaged as in ``"data"``,
+            and the ``subset`` parameters must be such).
         process_group: the ``torch.distributed`` group (default: the world).
         **weighting_kwargs: passed to :func:`~molma.gradients.weightings.get_weighting` with a name.
 
@@ -110,10 +111,11 @@ class MultiObjectiveBackward:
             raise ValueError("mode='subset' needs subset_params (e.g. the policy's last layer)")
         if mode != "subset" and self.subset_params:
             raise ValueError("subset_params is only used with mode='subset'")
-        if distributed == "fsdp" and mode == "subset":
-            # the subset's gradients would need their own reduce-scatter, which only a full
-            # backward() through FSDP triggers: that is the cost "subset" exists to avoid
-            raise ValueError("distributed='fsdp' supports mode='exact' and mode='fast', not 'subset'")
+        if distributed == "fsdp" and any(mdist.is_dtensor(p) for p in self.subset_params):
+            # a sharded subset would need its own reduce-scatter, which only a full backward()
+            # through FSDP triggers: the cost "subset" exists to avoid
+            raise ValueError("with distributed='fsdp' the subset parameters must stay unsharded: "
+                             "shard_model(model, mesh, replicate=subset_params)")
         self.weighting: Weighting = resolve_weighting(weighting, **weighting_kwargs)
         self.mode: Mode = mode
         self.clip_norm = clip_norm
@@ -171,9 +173,8 @@ class MultiObjectiveBackward:
     def _exact(self, losses: list[Tensor], importance: ImportanceLike, diag: dict[str, Any]) -> None:
         fsdp = self.distributed == "fsdp"
         jacs = self._backward_jacobians(losses) if fsdp else self._jacobians(losses, self.params)
-        if self.distributed == "data":
-            mdist.average_(jacs, self.process_group)
-        M = self._reduced_gramian(jacs, partial=self._partial)
+        self._average_replicated(jacs, self.params)
+        M = self._reduced_gramian(jacs, self.params)
         alpha = self._weights(M, importance, diag)
         update_norm = math.sqrt(max(float(alpha @ M @ alpha), 0.0))  # ||G alpha||, exact across shards
         if not math.isfinite(update_norm):
@@ -197,9 +198,8 @@ class MultiObjectiveBackward:
                 M = mdist.all_reduce_sum(M, self.process_group, self._device) / (R * R)
         else:
             jacs = self._jacobians(losses, self.subset_params, retain_graph=True)
-            if self.distributed == "data":
-                mdist.average_(jacs, self.process_group)
-            M = self._reduced_gramian(jacs, partial=self._partial)
+            self._average_replicated(jacs, self.subset_params)
+            M = self._reduced_gramian(jacs, self.subset_params)
         del jacs
         alpha = self._weights(M, importance, diag)
         weighted = [(float(a), loss) for a, loss in zip(alpha, losses) if a != 0 and loss.requires_grad]
@@ -215,13 +215,18 @@ class MultiObjectiveBackward:
         else:
             raw = (None,) * len(self.params)
         grads = [torch.zeros_like(mdist.local(p)) if g is None else g for p, g in zip(self.params, raw)]
-        if self.distributed == "data":
-            mdist.average_(grads, self.process_group)
-        sq = torch.zeros((), dtype=torch.float64, device=self._device)
-        for g in grads:
-            sq += torch.linalg.vector_norm(g.detach()).double() ** 2
-        if self._partial:
+        self._average_replicated(grads, self.params)
+        sq = torch.zeros((), dtype=torch.float64, device=self._device)  # this rank's shards
+        whole = torch.zeros((), dtype=torch.float64, device=self._device)  # held whole by every rank
+        for p, g in zip(self.params, grads):
+            term = torch.linalg.vector_norm(g.detach()).double() ** 2
+            if self._is_shard(p):
+                sq += term
+            else:
+                whole += term
+        if self.distributed in ("sharded", "fsdp"):
             sq = mdist.all_reduce_sum(sq, self.process_group, self._device)
+        sq = sq + whole
         update_norm = math.sqrt(float(sq)) if math.isfinite(float(sq)) else math.inf
         if not math.isfinite(update_norm):
             raise _SkipStepError("non-finite combined gradient")
@@ -234,10 +239,18 @@ class MultiObjectiveBackward:
     def _device(self) -> torch.device:
         return self.params[0].device
 
-    @property
-    def _partial(self) -> bool:
-        """Whether each rank holds only a shard of every gradient (its Gramian is a partial sum)."""
-        return self.distributed in ("sharded", "fsdp")
+    def _is_shard(self, param: Tensor) -> bool:
+        """Whether this rank holds only a shard of ``param``'s gradient (a partial Gramian term):
+        every parameter in the ``"sharded"`` layout, the ``DTensor`` ones under ``"fsdp"``."""
+        return self.distributed == "sharded" or (self.distributed == "fsdp" and mdist.is_dtensor(param))
+
+    def _average_replicated(self, grads: list[Tensor], params: list[Tensor]) -> None:
+        """Average over ranks the gradients of parameters every rank holds whole but computed on its own
+        data (``"data"``; under ``"fsdp"`` the ones FSDP left unsharded, which it does not reduce)."""
+        if self.distributed == "data":
+            mdist.average_(grads, self.process_group)
+        elif self.distributed == "fsdp":
+            mdist.average_([g for g, p in zip(grads, params) if not mdist.is_dtensor(p)], self.process_group)
 
     def _any_rank(self, flag: bool) -> bool:
         if self.distributed == "none":
@@ -299,11 +312,15 @@ class MultiObjectiveBackward:
             p.grad = None
         return out
 
-    def _reduced_gramian(self, jacs: list[Tensor], partial: bool) -> Tensor:
-        M = gramian(jacs)
-        if partial:  # this rank's shard holds a partial sum of G^T G
+    def _reduced_gramian(self, jacs: list[Tensor], params: list[Tensor]) -> Tensor:
+        """``G^T G`` over all of ``params``: shards contribute partial sums (one all-reduce)."""
+        shards = [j for j, p in zip(jacs, params) if self._is_shard(p)]
+        whole = [j for j, p in zip(jacs, params) if not self._is_shard(p)]
+        K = jacs[0].shape[0]
+        M = gramian(shards) if shards else torch.zeros(K, K, dtype=torch.float64)
+        if self.distributed in ("sharded", "fsdp"):  # every rank joins, even one without shards
             M = mdist.all_reduce_sum(M, self.process_group, self._device)
-        return M
+        return M + gramian(whole) if whole else M
 
     def _weights(self, M: Tensor, importance: ImportanceLike, diag: dict[str, Any]) -> Tensor:
         """Check the Gramian, run the weighting, fill the Gramian diagnostics."""

@@ -9,7 +9,7 @@ the embeddings for generation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -39,17 +39,31 @@ def device_mesh(device: torch.device):
     return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
-def shard_model(model: nn.Module, mesh) -> nn.Module:
+def shard_model(model: nn.Module, mesh, replicate: Iterable[nn.Parameter] = ()) -> nn.Module:
     """``fully_shard`` each transformer block, then the root (in place; returns ``model``).
 
     Afterwards every parameter is a ``DTensor`` holding this process's shard along dim 0; forward and
     backward gather the full weights block by block, and ``backward()`` reduce-scatters (averages)
-    the gradients over processes."""
+    the gradients over processes. Parameters in ``replicate`` stay whole on every process (moved to
+    the mesh's device); FSDP does not reduce their gradients (``MultiObjectiveBackward`` with
+    ``distributed="fsdp"`` averages them), e.g. GAPO's last-layer Gramian source."""
     from torch.distributed.fsdp import fully_shard
 
+    keep = {id(p): p for p in replicate}
     for block in transformer_blocks(model) or []:
-        fully_shard(block, mesh=mesh, reshard_after_forward=True)
-    fully_shard(_root(model), mesh=mesh, reshard_after_forward=False)  # PyTorch's defaults, made explicit
+        params = list(block.parameters())
+        mine = {p for p in params if id(p) in keep}
+        if params and len(mine) == len(params):
+            continue  # nothing of this block to shard; its buffers go with the root
+        fully_shard(block, mesh=mesh, reshard_after_forward=True, ignored_params=mine or None)
+    # PyTorch's defaults for reshard_after_forward, made explicit for gathered()
+    fully_shard(_root(model), mesh=mesh, reshard_after_forward=False,
+                ignored_params=set(keep.values()) or None)
+    device = torch.device(mesh.device_type) if mesh.device_type == "cpu" else \
+        torch.device(mesh.device_type, torch.cuda.current_device())
+    with torch.no_grad():
+        for p in keep.values():
+            p.data = p.data.to(device)
     return model
 
 

@@ -118,9 +118,6 @@ class TrainConfig:
             raise ValueError(f"prompt_mix names pools {sorted(missing)} not in prompts {sorted(self.prompts)}")
         if abs(sum(self.prompt_mix.values()) - 1.0) > 1e-6:
             raise ValueError(f"prompt_mix proportions must sum to 1, got {sum(self.prompt_mix.values())}")
-        if self.fsdp and self.gradient_mode == "subset":
-            raise ValueError("fsdp supports gradient_mode exact or fast, not subset (the subset's gradients "
-                             "would need a full backward through FSDP anyway)")
         if self.gradient_mode == "fast" and self.modulate_critic:
             raise ValueError("gradient_mode=fast modulates the policy only; set modulate_critic=false")
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from molma.config import to_dict
 from molma.data.chat import render_prompt
 from molma.gradients import distributed as mdist
+from molma.gradients.backward import last_layer_parameters
 from molma.models.sharding import (
     device_mesh,
     full_tensor,
@@ -148,7 +149,10 @@ class MultiObjectiveTrainer:
                                             config.lora).to(build_device)
         if self.sharded:  # FSDP2: every process keeps 1/R of each weight (molma.models.sharding)
             mesh = device_mesh(self.device)
-            for module in (self.policy, self.reference, self.critic):
+            # GAPO's last-layer Gramian ("subset") needs that layer's trainable weights whole
+            subset = config.multi_objective and config.gradient_mode == "subset"
+            shard_model(self.policy, mesh, replicate=last_layer_parameters(self.policy) if subset else ())
+            for module in (self.reference, self.critic):
                 if module is not None:
                     shard_model(module, mesh)
             sizes = [parameter_bytes(m) for m in (self.policy, self.reference, self.critic) if m is not None]
@@ -171,7 +175,7 @@ class MultiObjectiveTrainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _make_engine(self):
-        from molma.gradients import MultiObjectiveBackward, last_layer_parameters
+        from molma.gradients import MultiObjectiveBackward
 
         cfg = self.cfg
         params = self.policy_params + (self.critic_params if cfg.modulate_critic else [])

@@ -134,6 +134,28 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
                                   "full_shapes": [tuple(p.shape) for p in params],
                                   "bytes": parameter_bytes(model)}
 
+    # 3b'. FSDP with GAPO's last-layer Gramian: that layer stays whole on every rank (averaged by the
+    #      engine), the rest is sharded
+    model = build_model()
+    subset = last_layer_parameters(model)
+    shard_model(model, device_mesh(torch.device("cpu")), replicate=subset)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    engine = MultiObjectiveBackward(params, "gapo", mode="subset", distributed="fsdp", subset_params=subset)
+    losses, _ = losses_of(model, ids[mine], weights[:, mine])
+    diag = engine.backward(losses)
+    opt.step()
+    result["fsdp_subset"] = {
+        "diag": diag, "params": torch.cat([full_tensor(p.detach()).reshape(-1) for p in model.parameters()]),
+        "whole_subset": all(not hasattr(p, "device_mesh") for p in subset),
+        "sharded_rest": sum(hasattr(p, "device_mesh") for p in params)}
+    try:
+        MultiObjectiveBackward(params, "gapo", mode="subset", distributed="fsdp",
+                               subset_params=last_layer_parameters(shard_model(
+                                   build_model(), device_mesh(torch.device("cpu")))))
+    except ValueError as err:
+        result["fsdp_sharded_subset_error"] = str(err)
+
     # 3c. FSDP: a non-finite gradient on one rank's data (finite loss) skips the step everywhere
     model = shard_model(build_model(), device_mesh(torch.device("cpu")))
     params = list(model.parameters())

@@ -101,11 +101,19 @@ def test_fsdp_step_equals_the_single_process_full_batch_step(ranks: list[dict], 
     torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
 
 
-def test_fsdp_refuses_the_subset_mode() -> None:
-    model = build_model()
-    with pytest.raises(ValueError, match="fsdp.*not 'subset'"):
-        MultiObjectiveBackward(model.parameters(), "gapo", mode="subset", distributed="fsdp",
-                               subset_params=last_layer_parameters(model))
+def test_fsdp_subset_mode_with_a_replicated_last_layer(ranks: list[dict]) -> None:
+    r0, r1 = ranks[0]["fsdp_subset"], ranks[1]["fsdp_subset"]
+    assert r0["whole_subset"] and r0["sharded_rest"] > 0
+    assert r0["diag"]["skipped"] is None
+    assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
+    assert torch.equal(r0["params"], r1["params"])
+    ref_diag, ref_params = single_process("subset", "gapo")
+    torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
+                               rtol=1e-5, atol=1e-8)
+    assert r0["diag"]["update_norm"] == pytest.approx(ref_diag["update_norm"], rel=1e-5)
+    torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+    # a subset FSDP has sharded is refused with the way out
+    assert "shard_model(model, mesh, replicate=subset_params)" in ranks[0]["fsdp_sharded_subset_error"]
 
 
 def test_sharded_gramian_equals_full_gramian(ranks: list[dict]) -> None:
