@@ -9,6 +9,7 @@ regenerating. See docs/eval.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import random
 import sys
@@ -73,11 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (1 is much faster when other jobs share the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto",
+                   help="where models and reward models run: auto (a GPU when there is one), cpu, cuda:1, ...")
     p.set_defaults(func=run_eval)
 
 
-def load_objectives(specs: list[tuple[str, str]]) -> dict[str, object]:
-    """``[(name, spec)]`` -> ``{name: Objective}`` via :func:`molma.rewards.load_objective`."""
+def load_objectives(specs: list[tuple[str, str]], device: str = "cpu") -> dict[str, object]:
+    """``[(name, spec)]`` -> ``{name: Objective}`` via :func:`molma.rewards.load_objective` (reward
+    models on ``device``)."""
     try:
         from molma.rewards import load_objective
     except ImportError:  # the package may not re-export it
@@ -86,7 +90,7 @@ def load_objectives(specs: list[tuple[str, str]]) -> dict[str, object]:
     for name, spec in specs:
         if name in out:
             raise ValueError(f"--rm {name}=...: objective {name!r} given twice")
-        out[name] = load_objective(spec, name)
+        out[name] = load_objective(spec, name, **({} if spec.startswith("rule:") else {"device": device}))
     return out
 
 
@@ -121,6 +125,7 @@ def load_eval_prompts(source: str, n: int | None = None, seed: int = 0, heldout_
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from molma.eval.generate import load_for_eval
     from molma.eval.runner import EvalConfig, evaluate_models, rescore
     from molma.eval.tables import reward_table
 
@@ -131,8 +136,15 @@ def run_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
+    from molma.rl.parallel import device_for
+
     try:
-        objectives = load_objectives(args.rm)
+        device = device_for(args.device)
+    except RuntimeError as err:
+        print(f"molma eval: error: --device {args.device}: {err}", file=sys.stderr)
+        return 2
+    try:
+        objectives = load_objectives(args.rm, str(device))
         if args.rescore:
             result = rescore(args.rescore, objectives, batch_size=args.batch_size, versus=args.versus,
                              tie_tol=args.tie_tol, progress=not args.no_progress)
@@ -157,7 +169,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                 score_batch_size=args.batch_size, versus=args.versus, tie_tol=args.tie_tol,
                                 kl_reference=args.kl_reference, resume=not args.no_resume,
                                 progress=not args.no_progress)
-            result = evaluate_models(models, prompts, objectives, config, out_dir=args.out)
+            result = evaluate_models(models, prompts, objectives, config, out_dir=args.out,
+                                     loader=functools.partial(load_for_eval, device=device))
     except (ValueError, FloatingPointError) as err:  # bad input; a non-finite reward
         print(f"molma eval: error: {err}", file=sys.stderr)
         return 2

@@ -165,8 +165,8 @@ def sequence_logprobs(model, tokenizer, prompts: Sequence[str | Prompt], respons
     return out
 
 
-def load_for_eval(spec: str):
-    """``(model, tokenizer)`` for a model to evaluate, in eval mode.
+def load_for_eval(spec: str, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` for a model to evaluate, in eval mode, on ``device``.
 
     ``spec`` is a builtin name (``smollm2-135m-instruct``), hub id or plain model folder (via
     :func:`molma.models.load_model`), or a peft adapter folder (it has ``adapter_config.json``): its base
@@ -187,14 +187,14 @@ def load_for_eval(spec: str):
             "base_model_name_or_path")
         if not base_name:
             raise ValueError(f"{adapter_cfg}: field 'base_model_name_or_path' is missing")
-        base, tok = load_model(base_name)
-        model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+        base, tok = load_model(base_name, device=device)
+        model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload().to(device)
         if (folder / "tokenizer_config.json").exists():
             tok = load_tokenizer(str(folder))
     else:
         if folder.exists() and not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder}: neither a model folder (config.json) nor a peft adapter "
                                     "folder (adapter_config.json)")
-        model, tok = load_model(spec)
+        model, tok = load_model(spec, device=device)
     model.eval()
     return model, tok

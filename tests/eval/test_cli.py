@@ -60,6 +60,9 @@ def test_molma_eval_cli_errors(tmp_path, capsys):
     assert "unknown rule" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--models", "novalue"])
+    assert main(["eval", "--rm", "help=rule:length", "--models", "a=x", "--out", str(tmp_path),
+                 "--device", "warpdrive"]) == 2
+    assert "--device warpdrive" in capsys.readouterr().err
 
 
 @pytest.mark.slow
