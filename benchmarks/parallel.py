@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,12 +34,6 @@ LAYOUTS = {  # name: (processes, extra overrides)
     "fsdp-2": (2, ["fsdp=true"]),
     "fsdp-2-block-by-block": (2, ["fsdp=true", "fsdp_gather_for_generation=false"]),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -65,8 +58,7 @@ def main() -> None:
             cmd = ["-m", "molma", "train", "--config", str(Path(tmp, "config.yaml")), "--threads", "1",
                    "--out", str(out), *overrides]
             if processes > 1:
-                cmd = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
-                       "127.0.0.1", "--master_port", str(free_port()), *cmd]
+                cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *cmd]
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0

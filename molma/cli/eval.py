@@ -90,7 +90,7 @@ def load_objectives(specs: list[tuple[str, str]], device: str = "cpu") -> dict[s
     for name, spec in specs:
         if name in out:
             raise ValueError(f"--rm {name}=...: objective {name!r} given twice")
-        out[name] = load_objective(spec, name, **({} if spec.startswith("rule:") else {"device": device}))
+        out[name] = load_objective(spec, name, device=device)
     return out
 
 

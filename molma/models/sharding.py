@@ -109,3 +109,33 @@ def full_tensor(t: Tensor) -> Tensor:
     from molma.gradients.distributed import is_dtensor
 
     return t.full_tensor() if is_dtensor(t) else t
+
+
+def gathered_state_dict(module: nn.Module, trainable_only: bool) -> dict[str, Tensor]:
+    """The whole state dict of a sharded module on process 0's CPU (empty elsewhere), gathered one
+    tensor at a time (every process must call). Tied weights (embeddings = LM head) are one
+    parameter: only its first name is kept, as ``named_parameters()`` and ``save_pretrained`` do for
+    an unsharded model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(module, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only))
+    first: dict[int, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(param), name) != name:
+            state.pop(name, None)
+    return state
+
+
+def placed_like(param: Tensor, value: Tensor) -> Tensor:
+    """A whole tensor (e.g. from a checkpoint) on ``param``'s device and dtype; this process's shard
+    of it when ``param`` is sharded. Every process holds ``value`` whole, so each slices its shard
+    locally (no communication)."""
+    from molma.gradients.distributed import is_dtensor
+
+    value = value.to(param.device, param.dtype)
+    if not is_dtensor(param):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)

@@ -151,13 +151,16 @@ def _parse_rule_args(text: str, spec: str) -> dict[str, Any]:
     return kwargs
 
 
-def load_objective(spec: str, name: str | None = None, **model_kwargs: Any) -> Objective:
+def load_objective(spec: str, name: str | None = None, *, device: str | None = None,
+                   **model_kwargs: Any) -> Objective:
     """Resolve an objective named as a string.
 
     - ``rule:<name>[:key=value,...]``: a rule-based :class:`RewardFunction` from :data:`RULES`, e.g.
-      ``rule:length``, ``rule:length:cap=30``, ``rule:banned_words:words=kill|steal,penalty=2``;
+      ``rule:length``, ``rule:length:cap=30``, ``rule:banned_words:words=kill|steal,penalty=2``
+      (it scores text, so ``device`` does not concern it);
     - anything else: a reward-model checkpoint folder (or hub id) loaded with
-      :meth:`RewardModel.from_pretrained` (``model_kwargs``: batch_size, max_length, device).
+      :meth:`RewardModel.from_pretrained` on ``device`` (default the CPU; ``model_kwargs``:
+      batch_size, max_length).
     """
     if spec.startswith("rule:"):
         rule, _, args = spec[len("rule:"):].partition(":")
@@ -174,4 +177,6 @@ def load_objective(spec: str, name: str | None = None, **model_kwargs: Any) -> O
         return objective
     from molma.rewards.model import RewardModel
 
+    if device is not None:
+        model_kwargs["device"] = device
     return RewardModel.from_pretrained(spec, name=name, **model_kwargs)

@@ -37,8 +37,10 @@ from molma.models.sharding import (
     device_mesh,
     full_tensor,
     gathered,
+    gathered_state_dict,
     is_peft,
     parameter_bytes,
+    placed_like,
     shard_model,
 )
 from molma.rl import parallel
@@ -133,8 +135,7 @@ class MultiObjectiveTrainer:
         if objectives is None:
             from molma.rewards import load_objective
 
-            objectives = [load_objective(spec, name, **({} if spec.startswith("rule:") else
-                                                        {"device": str(self.device)}))
+            objectives = [load_objective(spec, name, device=str(self.device))
                           for name, spec in config.objectives.items()]
         self.objectives = list(objectives)
         self.names = [o.name for o in self.objectives]
@@ -414,25 +415,10 @@ class MultiObjectiveTrainer:
     def _tensor_states(self) -> dict[str, dict[str, Tensor]]:
         """Trainable parameters, whole. Sharded: gathered to process 0's CPU (every process calls)."""
         if self.sharded:
-            return {name: self._gathered_state(module, trainable_only=True)
+            return {name: gathered_state_dict(module, trainable_only=True)
                     for name, module in (("policy", self.policy), ("critic", self.critic))}
         return {name: {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
                 for name, module in (("policy", self.policy), ("critic", self.critic))}
-
-    @staticmethod
-    def _gathered_state(module: torch.nn.Module, trainable_only: bool) -> dict[str, Tensor]:
-        """The whole state dict of a sharded module on process 0's CPU (empty elsewhere), one tensor at
-        a time. Tied weights (embeddings = LM head) are one parameter: only its first name is kept, as
-        ``named_parameters()`` and ``save_pretrained`` do for an unsharded model."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(module, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only))
-        first: dict[int, str] = {}
-        for name, param in module.named_parameters(remove_duplicate=False):
-            if first.setdefault(id(param), name) != name:
-                state.pop(name, None)
-        return state
 
     @property
     def _modules(self) -> torch.nn.ModuleDict:
@@ -472,7 +458,7 @@ class MultiObjectiveTrainer:
                     raise ValueError(f"{path}: checkpoint has {group} parameters this model lacks: "
                                      f"{sorted(missing)[:3]}")
                 for name, value in tensors[group].items():
-                    params[name].copy_(self._placed_like(params[name], value))
+                    params[name].copy_(placed_like(params[name], value))
         groups = state["optimizer"]["param_groups"]
         if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
             self.optimizer.load_state_dict(state["optimizer"])  # molma <= 0.2: keyed by position
@@ -489,23 +475,12 @@ class MultiObjectiveTrainer:
         log.info("resumed from %s (next iteration %d)", path, self.start_iteration)
         return True
 
-    @staticmethod
-    def _placed_like(param: Tensor, value: Tensor) -> Tensor:
-        """A whole tensor from a checkpoint, as this process's shard when ``param`` is sharded."""
-        value = value.to(param.device, param.dtype)
-        if not mdist.is_dtensor(param):
-            return value
-        from torch.distributed.tensor import distribute_tensor
-
-        # every process read the same file: each slices its shard locally (src_data_rank=None)
-        return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
-
     def save_final(self) -> Path:
         """``final/``: the adapter (LoRA) or the whole model, and the tokenizer; written by process 0."""
         final = self.out / "final"
         state = None
         if self.sharded:  # gather the shards (every process takes part); LoRA: the adapters only
-            state = self._gathered_state(self.policy, trainable_only=is_peft(self.policy))
+            state = gathered_state_dict(self.policy, trainable_only=is_peft(self.policy))
         if self.rank != 0:
             return final
         final.mkdir(parents=True, exist_ok=True)

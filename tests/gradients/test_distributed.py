@@ -56,28 +56,29 @@ def single_process(mode: str, weighting: str):
     return diag, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def test_data_parallel_exact_identical_alpha_and_parameters(ranks: list[dict]) -> None:
-    r0, r1 = ranks[0]["data_exact"], ranks[1]["data_exact"]
-    assert r0["local_losses"] != r1["local_losses"]  # the ranks really saw different data
+def assert_matches_single_process(r0: dict, r1: dict, mode: str, weighting: str,
+                                  update_norm: bool = False) -> None:
+    """Both ranks took the same, unskipped step, and it is the 1-process full-batch step."""
     assert r0["diag"]["skipped"] is None
     assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
     assert torch.equal(r0["params"], r1["params"])
-    ref_diag, ref_params = single_process("exact", "aligned-mtl")
+    ref_diag, ref_params = single_process(mode, weighting)
     torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
                                rtol=1e-5, atol=1e-8)
+    if update_norm:
+        assert r0["diag"]["update_norm"] == pytest.approx(ref_diag["update_norm"], rel=1e-5)
     torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_exact_identical_alpha_and_parameters(ranks: list[dict]) -> None:
+    r0, r1 = ranks[0]["data_exact"], ranks[1]["data_exact"]
+    assert r0["local_losses"] != r1["local_losses"]  # the ranks really saw different data
+    assert_matches_single_process(r0, r1, "exact", "aligned-mtl")
 
 
 @pytest.mark.parametrize("mode", ["fast", "subset"])
 def test_data_parallel_one_backward_modes(ranks: list[dict], mode: str) -> None:
-    r0, r1 = ranks[0][f"data_{mode}"], ranks[1][f"data_{mode}"]
-    assert r0["diag"]["skipped"] is None
-    assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
-    assert torch.equal(r0["params"], r1["params"])
-    ref_diag, ref_params = single_process(mode, "gapo")
-    torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
-                               rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+    assert_matches_single_process(ranks[0][f"data_{mode}"], ranks[1][f"data_{mode}"], mode, "gapo")
 
 
 @pytest.mark.parametrize(("mode", "weighting"), [("exact", "aligned-mtl"), ("fast", "gapo")])
@@ -91,27 +92,14 @@ def test_fsdp_step_equals_the_single_process_full_batch_step(ranks: list[dict], 
     assert split and all(a[0] + b[0] == f[0] and a[0] < f[0] for a, b, f in split)
     (held0, whole), (held1, whole1) = r0["bytes"], r1["bytes"]
     assert whole == whole1 and held0 + held1 == whole and held0 < whole
-    assert r0["diag"]["skipped"] is None and r0["diag"]["distributed"] == "fsdp"
-    assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
-    assert torch.equal(r0["params"], r1["params"])
-    ref_diag, ref_params = single_process(mode, weighting)
-    torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
-                               rtol=1e-5, atol=1e-8)
-    assert r0["diag"]["update_norm"] == pytest.approx(ref_diag["update_norm"], rel=1e-5)
-    torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+    assert r0["diag"]["distributed"] == "fsdp"
+    assert_matches_single_process(r0, r1, mode, weighting, update_norm=True)
 
 
 def test_fsdp_subset_mode_with_a_replicated_last_layer(ranks: list[dict]) -> None:
     r0, r1 = ranks[0]["fsdp_subset"], ranks[1]["fsdp_subset"]
     assert r0["whole_subset"] and r0["sharded_rest"] > 0
-    assert r0["diag"]["skipped"] is None
-    assert r0["diag"]["alpha"] == r1["diag"]["alpha"]
-    assert torch.equal(r0["params"], r1["params"])
-    ref_diag, ref_params = single_process("subset", "gapo")
-    torch.testing.assert_close(torch.tensor(r0["diag"]["alpha"]), torch.tensor(ref_diag["alpha"]),
-                               rtol=1e-5, atol=1e-8)
-    assert r0["diag"]["update_norm"] == pytest.approx(ref_diag["update_norm"], rel=1e-5)
-    torch.testing.assert_close(r0["params"], ref_params, rtol=1e-5, atol=1e-6)
+    assert_matches_single_process(r0, r1, "subset", "gapo", update_norm=True)
     # a subset FSDP has sharded is refused with the way out
     assert "shard_model(model, mesh, replicate=subset_params)" in ranks[0]["fsdp_sharded_subset_error"]
 
