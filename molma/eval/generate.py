@@ -39,7 +39,7 @@ def _device(model) -> torch.device:
 def generate_responses(model, tokenizer, prompts: Sequence[str | Prompt], max_new_tokens: int = 48,
                        seed: int = 0, batch_size: int = 16, do_sample: bool = True,
                        temperature: float = 1.0, top_p: float = 1.0, progress: bool | str = True,
-                       system: str | None = None) -> list[str]:
+                       system: str | None = None, precision: str = "fp32") -> list[str]:
     """Generate one response per prompt (chat-templated, left-padded batches), in prompt order.
 
     Reproducible: batch *i* is sampled right after ``torch.manual_seed(seed + i)`` inside a forked RNG
@@ -47,8 +47,11 @@ def generate_responses(model, tokenizer, prompts: Sequence[str | Prompt], max_ne
     the same responses, and every model under evaluation gets the same seeds. Responses are the decoded
     new tokens without special tokens, stripped. The defaults (temperature 1, top-p 1, no top-k) sample
     from the policy itself, as the RL rollouts do, so KL estimates from these samples are unbiased.
-    ``progress`` shows a tqdm bar (a string sets its label).
+    ``progress`` shows a tqdm bar (a string sets its label). ``precision``: the forwards' mixed precision
+    (:mod:`molma.models.precision`; bf16 / fp16 sample slightly different tokens than fp32).
     """
+    from molma.models.precision import autocast
+
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
     if batch_size <= 0:
@@ -74,8 +77,9 @@ def generate_responses(model, tokenizer, prompts: Sequence[str | Prompt], max_ne
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + b)
-                seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                      **sampling)
+                with autocast(model, precision):
+                    seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                          **sampling)
             new = seqs[:, enc["input_ids"].shape[1]:]
             out.extend(s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True))
             bar.update(len(chunk))
@@ -119,12 +123,14 @@ def score_responses(objective, prompts: Sequence[str | Prompt], responses: Seque
 @torch.no_grad()
 def sequence_logprobs(model, tokenizer, prompts: Sequence[str | Prompt], responses: Sequence[str],
                       batch_size: int = 16, system: str | None = None,
-                      progress: bool | str = False) -> list[float]:
-    """Sum of token log-probabilities of each response given its chat-templated prompt (teacher forcing).
+                      progress: bool | str = False, per_token: bool = False) -> list[float] | list[list[float]]:
+    """Sum of token log-probabilities of each response given its chat-templated prompt (teacher forcing);
+    with ``per_token=True`` the list of the response's token log-probabilities instead of their sum.
 
-    Used for the Monte-Carlo estimate KL(pi || ref) ≈ mean over sampled responses of
-    ``log pi(y|x) - log ref(y|x)``. The response is re-tokenised from text (close to, but not always
-    identical with, the sampled token ids) and the end-of-turn token is not counted.
+    Used for the Monte-Carlo estimate of KL(pi || ref) from sampled responses (the evaluation uses the
+    per-token values and the non-negative k3 estimator, :func:`molma.eval.stats.k3_kl`). The response is
+    re-tokenised from text (close to, but not always identical with, the sampled token ids) and the
+    end-of-turn token is not counted.
     """
     texts = _texts(prompts)
     if len(texts) != len(responses):
@@ -157,7 +163,10 @@ def sequence_logprobs(model, tokenizer, prompts: Sequence[str | Prompt], respons
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             tok_logp = logp.gather(-1, input_ids[:, 1:, None].to(device)).squeeze(-1)
             mask = resp[:, 1:].to(device)
-            out.extend((tok_logp * mask).sum(dim=1).tolist())
+            if per_token:
+                out.extend(row[m].tolist() for row, m in zip(tok_logp.cpu(), mask.cpu()))
+            else:
+                out.extend((tok_logp * mask).sum(dim=1).tolist())
             bar.update(len(ids))
     finally:
         bar.close()

@@ -2,7 +2,8 @@
 without pyplot, so nothing global changes). Each ``plot_*`` writes ``<stem>.png`` and ``<stem>.svg`` and
 returns both paths.
 
-- :func:`plot_win_rates`: grouped win-rate bars with Wilson intervals and ties (paper Figure 2a).
+- :func:`plot_win_rates`: win / tie / loss bars and the win share among non-tied prompts with Wilson
+  intervals (paper Figure 2a).
 - :func:`plot_reward_distributions`: (helpfulness, safety) reward density per model (Figure 3).
 - :func:`plot_weight_sweep`: SO-weighted with a range of importance weights vs MOLMA (Figure 4).
 - :func:`plot_pareto`: Pareto fronts of preference sweeps, dominated points hollow, hypervolume.
@@ -41,36 +42,86 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
     return paths
 
 
+def _excl_ties(r: Mapping) -> tuple[float, float, float] | None:
+    """Win share among non-tied prompts and its Wilson interval, in percent (from the counts when the
+    dict predates these keys); ``None`` when every prompt is a tie."""
+    from molma.eval.stats import wilson_interval
+
+    n_win, n_loss = r.get("n_win"), r.get("n_loss")
+    if n_win is None or n_loss is None or n_win + n_loss == 0:
+        return None
+    share = r.get("win_excl_ties")
+    share = n_win / (n_win + n_loss) if share is None else share
+    low, high = r.get("excl_ci_low"), r.get("excl_ci_high")
+    if low is None or high is None:
+        low, high = wilson_interval(int(n_win), int(n_win + n_loss))
+    return 100 * share, 100 * low, 100 * high
+
+
 def plot_win_rates(rates: Mapping[str, Mapping[str, Mapping]], versus: str, stem: str | Path,
                    objectives: Sequence[str] | None = None) -> list[Path]:
-    """Figure 2a: for each opponent, one bar per objective = win share of ``versus`` (with the 95 %
-    Wilson interval as error bar), the tie share stacked on top (hatched); 50 % dashed."""
+    """Figure 2a (:func:`win_rate_figure`) written to ``stem.png`` and ``stem.svg``."""
+    return save_figure(win_rate_figure(rates, versus, objectives), stem)
+
+
+def win_rate_figure(rates: Mapping[str, Mapping[str, Mapping]], versus: str,
+                    objectives: Sequence[str] | None = None) -> Figure:
+    """Figure 2a: for each opponent, one bar per objective split into the shares of all prompts that
+    ``versus`` won (solid, from the bottom), tied (hatched, in the middle) and lost (grey, from the top),
+    so every bar spans 100 %. A black diamond per bar marks the win share among the non-tied prompts
+    with its 95 % Wilson interval: that marker, not the top of the win segment, is what the dashed 50 %
+    line (no preference) is for. Tick labels are rotated from four opponents on, so that many opponents
+    (15 and more) stay readable."""
     objectives = list(objectives or dict.fromkeys(o for r in rates.values() for o in r))
     others = list(rates)
-    fig = _figure(max(5.0, 1.3 * len(others) * max(1, len(objectives)) / 2 + 2), 3.8)
+    n_obj = max(1, len(objectives))
+    fig_width = min(18.0, max(6.5, 0.55 * len(others) * n_obj + 2.5))
+    fig = _figure(fig_width, 4.8)
     ax = fig.add_subplot()
-    width = 0.8 / max(1, len(objectives))
+    width = 0.8 / n_obj
+    bar = 0.92 * width  # a gap between neighbouring bars keeps their grey loss segments apart
     x = np.arange(len(others))
+    handles: list = []
+    marker = None
     for j, o in enumerate(objectives):
         color = COLORS[j % len(COLORS)]
         pos = x - 0.4 + width * (j + 0.5)
-        win = np.array([100 * rates[m][o]["win"] for m in others])
-        tie = np.array([100 * rates[m][o]["tie"] for m in others])
-        low = np.array([100 * rates[m][o]["ci_low"] for m in others])
-        high = np.array([100 * rates[m][o]["ci_high"] for m in others])
-        ax.bar(pos, win, width, color=color, label=f"{o}: win")
-        ax.bar(pos, tie, width, bottom=win, color=color, alpha=0.3, hatch="//", edgecolor=color,
-               label=f"{o}: tie" if tie.any() else None)
-        ax.errorbar(pos, win, yerr=[win - low, high - win], fmt="none", ecolor="black", capsize=3, lw=1)
-        for px, w, h in zip(pos, win, high):
-            ax.text(px, h + 1.5, f"{w:.0f}", ha="center", va="bottom", fontsize=8)
-    ax.axhline(50, color="grey", ls="--", lw=1)
-    ax.set_xticks(x, [f"vs {m}" for m in others])
-    ax.set_ylim(0, 112)
-    ax.set_ylabel(f"win rate of {versus} (%)")
-    ax.set_title(f"Model-based evaluation: {versus} vs baselines (95% Wilson CI)")
-    fig.legend(fontsize=8, ncols=2 * max(1, len(objectives)), loc="outside lower center")
-    return save_figure(fig, stem)
+        per = [rates[m].get(o) for m in others]
+        win = np.array([100 * r["win"] if r else 0.0 for r in per])
+        tie = np.array([100 * r["tie"] if r else 0.0 for r in per])
+        loss = np.array([100 * r["loss"] if r else 0.0 for r in per])
+        handles.append(ax.bar(pos, win, bar, color=color, edgecolor=color, lw=0.5, label=f"{o}: win"))
+        handles.append(ax.bar(pos, tie, bar, bottom=win, color="white", hatch="///", edgecolor=color, lw=0.5,
+                              label=f"{o}: tie"))
+        loss_bars = ax.bar(pos, loss, bar, bottom=100 - loss, color="#c8c8c8", edgecolor=color, lw=0.5,
+                           label="loss")
+        for px, w in zip(pos, win):
+            if w >= 9:
+                ax.text(px, w / 2, f"{w:.0f}", ha="center", va="center", fontsize=7, color="white")
+        excl = [_excl_ties(r) if r else None for r in per]
+        keep = [i for i, e in enumerate(excl) if e is not None]
+        if keep:
+            share = np.array([excl[i][0] for i in keep])
+            low = np.array([excl[i][1] for i in keep])
+            high = np.array([excl[i][2] for i in keep])
+            marker = ax.errorbar(pos[keep], share, yerr=[share - low, high - share], fmt="D", color="black",
+                                 markerfacecolor="yellow", markersize=5, ecolor="black", elinewidth=1.2,
+                                 capsize=3, zorder=4, label="win % among non-tied prompts, 95% Wilson CI")
+    if objectives:
+        handles.append(loss_bars)
+    if marker is not None:
+        handles.append(marker)
+    handles.append(ax.axhline(50, color="black", ls="--", lw=1, zorder=3, label="50 % (no preference)"))
+    ax.set_xticks(x, [f"vs {m}" for m in others], rotation=35 if len(others) > 3 else 0,
+                  ha="right" if len(others) > 3 else "center", rotation_mode="anchor", fontsize=8)
+    ax.set_xlim(-0.6, len(others) - 0.4)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel(f"share of prompts, {versus}'s view (%)")
+    ax.set_title(f"Model-based evaluation: {versus} vs each model\nwin (bottom), tie (hatched), loss (grey, "
+                 "top); diamonds: win % among non-tied prompts", fontsize=9)
+    ncols = len(handles) if fig_width >= 11 else min(len(handles), 4)
+    fig.legend(handles=handles, fontsize=7, ncols=ncols, loc="outside lower center")
+    return fig
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:

@@ -33,6 +33,7 @@ import numpy as np
 from molma.atomic import write_text_atomic
 from molma.eval import plots
 from molma.eval.tables import (
+    KL_NOTE,
     Table,
     final_metrics,
     fmt,
@@ -41,6 +42,7 @@ from molma.eval.tables import (
     reward_table,
     rm_accuracy_table,
     training_time_table,
+    verdict_sentence,
     win_rate_table,
 )
 
@@ -235,11 +237,20 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
                  f"{', '.join(result.objectives)}. Every model answered the same prompts with the same "
                  "sampling seed; each reward model scored every response.")
         if result.win_rates:
+            doc.text("In short: " + verdict_sentence(result, result.versus, result.objectives))
             doc.table(win_rate_table(result.win_rates, result.versus, result.objectives))
+            doc.text("How to read it: win, tie and loss are shares of all prompts. Whether one model is "
+                     "preferred is judged on the non-tied prompts: their win share (with its Wilson 95 % "
+                     "interval) against 50 %, and the exact two-sided sign test (p). The mean reward "
+                     "difference has a paired bootstrap 95 % interval (prompts resampled). Ties between "
+                     "identical responses say the two models often answer the same text, not that they "
+                     "are equally good.")
             doc.figure(plots.plot_win_rates(result.win_rates, result.versus, figs / "win_rates",
                                             result.objectives),
-                       f"Win rates of {result.versus} against each model per objective, 95% Wilson "
-                       "intervals, ties hatched (Figure 2a).")
+                       f"Outcomes of {result.versus} against each model per objective: win (bottom), tie "
+                       "(hatched), loss (grey, top) as shares of all prompts; diamonds: win share among "
+                       "non-tied prompts with its 95% Wilson interval, to compare with the dashed 50 % line "
+                       "(Figure 2a).")
         else:
             doc.text("Only one model was evaluated: no win rates.")
 
@@ -249,6 +260,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         doc.not_run("reward distributions", str(eval_dir / "responses.jsonl"))
     else:
         kl_source = "evaluation (teacher-forced log-probs)" if result.kl else None
+        kl_note = KL_NOTE
         summary = result.summary
         if not result.kl and runs:
             by_name = {r.name: final_metrics(r).get("kl") for r in runs}
@@ -257,8 +269,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
 
                 summary = summary_table(result.scores, {m: v for m, v in by_name.items() if v is not None})
                 kl_source = "training metrics (mean of the last 5 logged kl values of runs/<model>)"
-        doc.table(reward_table(summary, result.objectives))
+                kl_note = ("KL to ref: the training run's own KL estimate (mean of its last 5 logged kl "
+                           "values, in the trainer's units), not measured on the test prompts; '-' = no run.")
+        doc.table(reward_table(summary, result.objectives, kl_note))
         doc.text(f"KL source: {kl_source or 'not measured'}.")
+        if result.kl_details:
+            doc.table(_kl_table(result))
         doc.figure(plots.plot_reward_distributions(result.scores, figs / "reward_distributions",
                                                    result.objectives, reference=ref_model),
                    "Rewards of each model's responses to the test prompts: hexbin counts, KDE contours, "
@@ -410,6 +426,27 @@ def _sweep_table(sweep: dict, name: str) -> Table:
                      *[fmt(base["means"].get(o)) for o in objectives],
                      *(["-"] * len(objectives) if versus else [])])
     return Table(f"{sweep['method']} importance-weight sweep ({name})", columns, rows)
+
+
+def _kl_table(result) -> Table:
+    """How the evaluation's KL to the reference was estimated, per model."""
+    reference = result.config.get("kl_reference") or "the reference"
+    rows = []
+    for m in result.models:
+        d = result.kl_details.get(m)
+        if d is None:
+            continue
+        rows.append([m, fmt(result.kl.get(m), 4), fmt(d.get("kl_se"), 4), fmt(d.get("mean_log_ratio"), 4),
+                     fmt(d.get("n_responses")), fmt(d.get("n_tokens")), str(d.get("estimator", "-"))])
+    notes = [f"KL(model || {reference}) in nats per response. k3 = sum over the response's tokens of "
+             "exp(d) - 1 - d with d = log p_ref(token) - log p_model(token), from teacher-forced log-probs "
+             "of the model's own sampled responses: unbiased when sampling at temperature 1 without "
+             "top-p/top-k truncation, and never negative. The mean log-ratio is the plain estimator "
+             "(mean of log p_model - log p_ref): same expectation, but it can come out negative on few "
+             "responses. SE = standard error of the k3 mean over responses. Responses are re-tokenised "
+             "from text; the end-of-turn token is not counted."]
+    return Table("KL to the reference: estimator", ["model", "KL (k3)", "SE", "mean log-ratio", "responses",
+                                                    "tokens", "estimator"], rows, notes)
 
 
 def _pareto_table(fronts) -> Table:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +96,24 @@ def iter_responses(path: str | Path) -> Iterator[ResponseRecord]:
     line's fields are checked, errors name the file, line and field."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with opener(path, "rb") as fh:
+        lineno = 0
+        while True:
+            try:
+                raw = fh.readline()
+            except (EOFError, OSError, zlib.error) as err:  # a truncated or damaged .gz
+                raise ResponsesError(f"{path}:{lineno + 1}: unreadable after line {lineno} (truncated or "
+                                     f"damaged file? {type(err).__name__}: {err})") from None
+            if not raw:
+                return
+            lineno += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ResponsesError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at "
+                                     f"column {err.start + 1})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
             if line.strip():
                 yield _parse_line(line, f"{path}:{lineno}", lineno)
 

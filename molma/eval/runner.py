@@ -29,13 +29,13 @@ from molma.eval.responses import (
     write_json,
     write_responses,
 )
-from molma.eval.stats import summary_table, win_rates
+from molma.eval.stats import k3_kl, paired_comparison, summary_table
 
 log = logging.getLogger(__name__)
 
 RESPONSES = "responses.jsonl"
 SUMMARY = "summary.json"
-GEN_KEYS = ("max_new_tokens", "seed", "batch_size", "do_sample", "temperature", "top_p", "system")
+GEN_KEYS = ("max_new_tokens", "seed", "batch_size", "do_sample", "temperature", "top_p", "system", "precision")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class EvalConfig:
     kl_reference: str | None = None
     resume: bool = True
     progress: bool = True
+    precision: str = "fp32"  # mixed precision of generation (molma.models.precision); auto: bf16 if supported
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -78,7 +79,12 @@ class EvalResult:
     """What ``evaluate_models`` / ``rescore`` / ``load_result`` return.
 
     ``scores[model][objective]`` is aligned over ``prompt_ids``; ``win_rates[opponent][objective]`` is
-    :func:`molma.eval.stats.win_rates` of ``versus`` against ``opponent``.
+    :func:`molma.eval.stats.paired_comparison` of ``versus`` against ``opponent`` (every key of
+    :func:`molma.eval.stats.win_rates`, plus the win share among non-tied prompts with its Wilson interval,
+    the sign-test p-value, the mean reward difference with its paired bootstrap interval and
+    ``n_identical_ties``, the ties where both responses are the same text). ``kl[model]`` is the k3
+    estimate of KL(model || kl_reference) in nats per response; ``kl_details[model]`` says how it was
+    measured (estimator, standard error, mean log-ratio, responses, tokens).
     """
 
     out_dir: Path | None
@@ -93,17 +99,30 @@ class EvalResult:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     kl: dict[str, float] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    kl_details: dict[str, dict] = field(default_factory=dict)
 
     def win_rate_text(self) -> str:
-        """The win-rate table as plain text (what the demo prints)."""
+        """The win-rate table as plain text followed by the one-sentence verdict (what ``molma eval`` and
+        the demo print)."""
+        import textwrap
+
         from molma.eval.tables import format_win_rates
 
-        return format_win_rates(self.win_rates, self.versus or "?", self.objectives)
+        table = format_win_rates(self.win_rates, self.versus or "?", self.objectives)
+        if not self.win_rates:
+            return table
+        return table + "\n\n" + textwrap.fill(self.verdict(), 100)
+
+    def verdict(self, alpha: float = 0.05) -> str:
+        """One plain sentence on what the evaluation showed (see :func:`molma.eval.tables.verdict_sentence`)."""
+        from molma.eval.tables import verdict_sentence
+
+        return verdict_sentence(self, self.versus or "?", self.objectives, alpha)
 
     def to_json(self) -> dict:
         return {"models": self.models, "objectives": self.objectives, "n_prompts": len(self.prompt_ids),
                 "versus": self.versus, "win_rates": self.win_rates, "summary": self.summary,
-                "timings": self.timings, "kl": self.kl, "config": self.config}
+                "timings": self.timings, "kl": self.kl, "kl_details": self.kl_details, "config": self.config}
 
 
 def choose_versus(models: Sequence[str], versus: str | None) -> str | None:
@@ -122,24 +141,30 @@ def compute_result(records: Sequence[ResponseRecord], versus: str | None = None,
                    kl: Mapping[str, float] | None = None, out_dir: Path | None = None,
                    models: Sequence[str] | None = None, objectives: Sequence[str] | None = None,
                    timings: Mapping[str, Mapping[str, float]] | None = None,
-                   config: Mapping | None = None) -> EvalResult:
-    """Win rates (of ``versus`` against every other model, per objective) and reward summaries from
-    saved responses; only prompts answered by every model are compared."""
+                   config: Mapping | None = None,
+                   kl_details: Mapping[str, Mapping] | None = None) -> EvalResult:
+    """Paired comparisons (of ``versus`` against every other model, per objective: win/tie/loss, the win
+    share among non-tied prompts, sign test, mean difference with a bootstrap interval, identical-text
+    ties; see :func:`molma.eval.stats.paired_comparison`) and reward summaries from saved responses;
+    only prompts answered by every model are compared."""
     models = list(models) if models is not None else models_in(records)
     objectives = list(objectives) if objectives is not None else objectives_in(records)
     ids, scores = score_matrix(records, models, objectives)
     chosen = choose_versus(models, versus)
     rates: dict[str, dict[str, dict]] = {}
     if chosen is not None and ids:
+        text = {(r.model, r.prompt_id): r.response for r in records}
         for other in models:
             if other != chosen:
-                rates[other] = {o: win_rates(scores[chosen][o], scores[other][o], tie_tol)
+                same = [text.get((chosen, pid)) == text.get((other, pid)) for pid in ids]
+                rates[other] = {o: paired_comparison(scores[chosen][o], scores[other][o], tie_tol, identical=same)
                                 for o in objectives}
     summary = summary_table(scores, kl) if ids else []
     return EvalResult(out_dir=out_dir, models=models, objectives=objectives, prompt_ids=ids, scores=scores,
                       versus=chosen, win_rates=rates, summary=summary, records=list(records),
                       timings={k: dict(v) for k, v in (timings or {}).items()}, kl=dict(kl or {}),
-                      config=dict(config or {}))
+                      config=dict(config or {}),
+                      kl_details={k: dict(v) for k, v in (kl_details or {}).items() if k in (kl or {})})
 
 
 def _objective_name(obj, key: str | None = None) -> str:
@@ -175,8 +200,9 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
     ``out_dir/responses.jsonl`` and the statistics in ``out_dir/summary.json``; with ``config.resume`` a
     model already answered there (same prompts, same generation settings) is reused, and objectives it
     lacks are scored. ``config.kl_reference`` names an evaluated model: KL(model || it) is then estimated
-    from teacher-forced log-probs of each model's sampled responses; ``kl`` supplies estimates from
-    elsewhere (e.g. training metrics) for models not covered.
+    from teacher-forced per-token log-probs of each model's sampled responses with the non-negative k3
+    estimator (:func:`kl_estimate`); ``kl`` supplies estimates from elsewhere (e.g. training metrics)
+    for models not covered.
     """
     config = config or EvalConfig()
     loader = loader or load_for_eval
@@ -198,6 +224,7 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
     records: dict[str, list[ResponseRecord]] = {}
     timings: dict[str, dict[str, float]] = {}
     saved_kl: dict[str, float] = {}
+    saved_details: dict[str, dict] = {}
     if out is not None and config.resume and (out / RESPONSES).exists():
         prev = read_json_if_exists(out / SUMMARY) or {}
         prev_gen = (prev.get("config") or {}).get("generation")
@@ -218,6 +245,7 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
                 records[name].sort(key=lambda r: r.prompt_id)
         timings = {k: dict(v) for k, v in (prev.get("timings") or {}).items()}
         saved_kl = {m: float(v) for m, v in (prev.get("kl") or {}).items() if m in records}
+        saved_details = {m: dict(v) for m, v in (prev.get("kl_details") or {}).items() if m in saved_kl}
     done = {m for m in records if m in models}
     cfg = {"generation": gen, "n_prompts": len(prompts),
            "models": {m: models[m] if isinstance(models[m], str) else "<in-memory model>" for m in names},
@@ -226,8 +254,8 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
     if out is not None:  # record the generation settings first, so a killed run resumes safely
         write_json(out / SUMMARY, {"config": cfg, "timings": timings, "complete": False})
     extra = [m for m in records if m not in models]  # kept in the file, not in this result
-    logprobs: dict[str, list[float]] = {}
-    ref_lp: dict[str, list[float]] = {}
+    logprobs: dict[str, list[list[float]]] = {}
+    ref_lp: dict[str, list[list[float]]] = {}
 
     def save() -> None:
         if out is not None:
@@ -256,7 +284,8 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
             responses = generate_responses(model, tok, prompts, config.max_new_tokens, config.seed,
                                            config.batch_size, config.do_sample, config.temperature,
                                            config.top_p, progress=f"generate {name}" if config.progress
-                                           else False, system=config.system)
+                                           else False, system=config.system,
+                                           precision=config.precision)
             t["generation_s"] = time.perf_counter() - t0
             records[name] = [ResponseRecord(prompt_id=pid, prompt=p.text, tag=p.tag, model=name, response=r)
                              for pid, p, r in zip(ids, prompts, responses)]
@@ -272,26 +301,64 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
             t["scoring_s"] = (t.get("scoring_s", 0.0) if reuse else 0.0) + time.perf_counter() - t0
         if config.kl_reference is not None:
             t0 = time.perf_counter()
-            logprobs[name] = sequence_logprobs(model, tok, prompts, responses, config.batch_size,
-                                               system=config.system)
             if name == config.kl_reference:
                 ref_lp = {m: sequence_logprobs(model, tok, prompts, [r.response for r in records[m]],
-                                               config.batch_size, system=config.system) for m in names}
+                                               config.batch_size, system=config.system, per_token=True)
+                          for m in names}
+                logprobs[name] = ref_lp[name]
+            else:
+                logprobs[name] = sequence_logprobs(model, tok, prompts, responses, config.batch_size,
+                                                   system=config.system, per_token=True)
             t["logprob_s"] = time.perf_counter() - t0
         del model, tok
         save()
 
     kl_all = {**saved_kl, **(kl or {})}  # estimates of reused models are kept unless recomputed
+    details = {m: v for m, v in saved_details.items() if m not in (kl or {})}
+    for m in kl or {}:
+        details[m] = {"estimator": "given (kl argument)"}
     if config.kl_reference is not None:
         for m in names:
-            kl_all[m] = float(np.mean(np.asarray(logprobs[m]) - np.asarray(ref_lp[m])))
+            details[m] = kl_estimate(logprobs[m], ref_lp[m])
+            kl_all[m] = details[m]["kl"]
     all_records = [r for m in names for r in records[m]]
     result = compute_result(all_records, versus, config.tie_tol, kl_all, out, names, list(objs),
-                            {m: timings.get(m, {}) for m in names}, cfg)
+                            {m: timings.get(m, {}) for m in names}, cfg, details)
     if out is not None:
         save()
         write_summary(out, result)
     return result
+
+
+def kl_estimate(logp_policy: Sequence[Sequence[float]], logp_ref: Sequence[Sequence[float]]) -> dict:
+    """KL(policy || reference) in nats per response from per-token log-probs of responses sampled from
+    the policy: the mean over responses of the k3 sums (:func:`molma.eval.stats.k3_kl`, never negative).
+
+    Returns ``kl``, ``kl_se`` (standard error of that mean), ``mean_log_ratio`` (the plain estimator, the
+    mean of ``sum(log pi - log ref)``, unbiased too but it can come out negative), ``estimator``,
+    ``n_responses`` and ``n_tokens``. When a response's tokenisation differs between the two models
+    (different tokenizers), k3 is applied to whole sequences instead (``exp(D) - 1 - D`` with ``D`` the
+    sequence log-ratio: still unbiased and non-negative, with more variance), and ``estimator`` says so.
+    """
+    if len(logp_policy) != len(logp_ref):
+        raise ValueError(f"kl_estimate: {len(logp_policy)} responses under the policy, {len(logp_ref)} "
+                         "under the reference")
+    if not logp_policy:
+        raise ValueError("kl_estimate: no responses")
+    pol = [np.asarray(x, dtype=float).reshape(-1) for x in logp_policy]
+    ref = [np.asarray(x, dtype=float).reshape(-1) for x in logp_ref]
+    log_ratio = np.array([p.sum() - r.sum() for p, r in zip(pol, ref)])
+    if all(p.size == r.size for p, r in zip(pol, ref)):
+        values = k3_kl(pol, ref)
+        estimator = "k3 per token, summed over the response"
+    else:
+        d = -log_ratio
+        values = np.maximum(np.expm1(d) - d, 0.0)
+        estimator = "k3 per response (the two tokenizations differ)"
+    n = len(values)
+    return {"kl": float(values.mean()), "kl_se": float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+            "mean_log_ratio": float(log_ratio.mean()), "estimator": estimator, "n_responses": n,
+            "n_tokens": int(sum(p.size for p in pol))}
 
 
 def write_summary(out_dir: str | Path, result: EvalResult) -> Path:
@@ -318,7 +385,7 @@ def load_result(out_dir: str | Path, versus: str | None = None, tie_tol: float |
         chosen = prev["versus"]
     tol = tie_tol if tie_tol is not None else float(prev.get("config", {}).get("tie_tol", 0.0))
     return compute_result(records, chosen, tol, prev.get("kl") or {}, out, models, None,
-                          prev.get("timings") or {}, prev.get("config") or {})
+                          prev.get("timings") or {}, prev.get("config") or {}, prev.get("kl_details") or {})
 
 
 def rescore(out_dir: str | Path, objectives, batch_size: int = 16, versus: str | None = None,

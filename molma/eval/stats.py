@@ -1,5 +1,7 @@
-"""Statistics of the model-based evaluation: win rates with Wilson intervals (paper Figure 2a), reward
-summaries (Figure 3, mean/median table), Pareto dominance and hypervolume (preference sweeps).
+"""Statistics of the model-based evaluation: win rates with Wilson intervals (paper Figure 2a), paired
+tests of one model against another (sign test on the non-tied prompts, paired bootstrap of the mean
+reward difference), a non-negative per-token KL estimator (k3), reward summaries (Figure 3,
+mean/median table), Pareto dominance and hypervolume (preference sweeps).
 
 Every function here is pure (numbers in, numbers out) and is tested against hand-computed values.
 """
@@ -44,13 +46,21 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def win_rates(scores_a: ArrayLike, scores_b: ArrayLike, tol: float = 0.0, z: float = 1.96) -> dict:
-    """Share of prompts where model A's response scores higher than model B's (paper Figure 2a).
+def win_rates(scores_a: ArrayLike, scores_b: ArrayLike, tol: float = 0.0, z: float = 1.96,
+              n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Share of prompts where model A's response scores higher than model B's (paper Figure 2a), and
+    whether the difference is real.
 
     ``scores_a[i]`` and ``scores_b[i]`` are the two models' scores for the same prompt *i* under one
     objective. A prompt is a tie when ``|a - b| <= tol``, a win when ``a - b > tol``, otherwise a loss.
     Returns shares ``win``, ``tie``, ``loss`` (summing to 1), counts ``n_win``, ``n_tie``, ``n_loss``,
-    ``n``, and the Wilson interval ``ci_low``/``ci_high`` of the win share (see :func:`wilson_interval`).
+    ``n``, and the Wilson interval ``ci_low``/``ci_high`` of the win share (see :func:`wilson_interval`);
+    then ``n_decisive`` (non-tied prompts), ``win_excl_ties`` (wins / non-tied; ``None`` when every
+    prompt is a tie) with its Wilson interval ``excl_ci_low``/``excl_ci_high``, ``sign_p`` (exact
+    two-sided sign test on the non-tied prompts, :func:`sign_test`), and ``mean_diff`` (mean of
+    ``a - b``) with its paired percentile bootstrap interval ``diff_ci_low``/``diff_ci_high`` at
+    ``ci_level`` = ``level`` (:func:`paired_bootstrap_ci` with ``n_resamples`` and ``seed``; all
+    ``None`` when there are no prompts).
     """
     a = _finite_vector(scores_a, "win_rates: scores_a")
     b = _finite_vector(scores_b, "win_rates: scores_b")
@@ -65,8 +75,120 @@ def win_rates(scores_a: ArrayLike, scores_b: ArrayLike, tol: float = 0.0, z: flo
     n_loss = n - n_tie - n_win
     low, high = wilson_interval(n_win, n, z)
     share = (lambda c: c / n) if n else (lambda c: 0.0)
-    return {"win": share(n_win), "tie": share(n_tie), "loss": share(n_loss), "n": n,
-            "n_win": n_win, "n_tie": n_tie, "n_loss": n_loss, "ci_low": low, "ci_high": high}
+    out = {"win": share(n_win), "tie": share(n_tie), "loss": share(n_loss), "n": n,
+           "n_win": n_win, "n_tie": n_tie, "n_loss": n_loss, "ci_low": low, "ci_high": high}
+    n_dec = n_win + n_loss
+    low, high = wilson_interval(n_win, n_dec, z)
+    out.update({"n_decisive": n_dec, "win_excl_ties": n_win / n_dec if n_dec else None,
+                "excl_ci_low": low, "excl_ci_high": high, "sign_p": sign_test(n_win, n_loss)})
+    mean = dlow = dhigh = None
+    if n:
+        mean, dlow, dhigh = paired_bootstrap_ci(a, b, n_resamples, level, seed)
+    out.update({"mean_diff": mean, "diff_ci_low": dlow, "diff_ci_high": dhigh, "ci_level": level})
+    return out
+
+
+def sign_test(n_win: int, n_loss: int) -> float:
+    """Exact two-sided binomial sign test on the non-tied pairs: the p-value of ``n_win`` wins out of
+    ``n = n_win + n_loss`` under H0 "wins and losses equally likely" (p = 0.5).
+
+    By symmetry ``p = min(1, 2 P(X <= min(n_win, n_loss)))`` with ``X ~ Binomial(n, 1/2)``, e.g. 9 wins
+    and 1 loss: ``2 (1 + 10) / 2^10 = 0.021484375``. Ties carry no information about the direction
+    and are left out (the caller reports them separately); ``n = 0`` gives 1.0.
+    """
+    if isinstance(n_win, bool) or isinstance(n_loss, bool) or int(n_win) != n_win or int(n_loss) != n_loss:
+        raise ValueError(f"sign_test: counts must be integers, got {n_win!r}, {n_loss!r}")
+    n_win, n_loss = int(n_win), int(n_loss)
+    if n_win < 0 or n_loss < 0:
+        raise ValueError(f"sign_test: counts must be >= 0, got {n_win}, {n_loss}")
+    n = n_win + n_loss
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(min(1.0, binomtest(n_win, n, 0.5, alternative="two-sided").pvalue))
+
+
+def paired_bootstrap_ci(a: ArrayLike, b: ArrayLike, n_resamples: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the paired differences ``a[i] - b[i]`` over prompts and its percentile bootstrap interval.
+
+    Prompts (index *i*, i.e. the pairs) are resampled with replacement ``n_resamples`` times (seeded by
+    ``seed``, so the same inputs always give the same interval); the interval is the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled means. Returns
+    ``(mean_diff, low, high)``. A constant difference gives the zero-width interval at that value.
+    """
+    x = _finite_vector(a, "paired_bootstrap_ci: a")
+    y = _finite_vector(b, "paired_bootstrap_ci: b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired_bootstrap_ci: {x.size} values for a but {y.size} for b (one pair per prompt)")
+    if x.size == 0:
+        raise ValueError("paired_bootstrap_ci: no pairs")
+    if not 0 < level < 1:
+        raise ValueError(f"paired_bootstrap_ci: level must be in (0, 1), got {level}")
+    if n_resamples < 1:
+        raise ValueError(f"paired_bootstrap_ci: n_resamples must be >= 1, got {n_resamples}")
+    d = x - y
+    mean = float(d.mean())
+    if np.ptp(d) == 0:  # every resample is the same: no rounding noise around the value
+        return float(d[0]), float(d[0]), float(d[0])
+    rng = np.random.default_rng(seed)
+    n = d.size
+    chunk = max(1, 2_000_000 // n)  # bounded memory for large test sets
+    means = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        means[start:stop] = d[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return mean, float(low), float(high)
+
+
+def k3_kl(logp_policy_tokens: Sequence[ArrayLike], logp_ref_tokens: Sequence[ArrayLike]) -> np.ndarray:
+    """Per-response KL(policy || reference) estimates that are never negative (Schulman's k3).
+
+    ``logp_policy_tokens[j]`` and ``logp_ref_tokens[j]`` are the log-probabilities of response *j*'s
+    tokens (sampled from the policy) under the policy and the reference, one value per token. With
+    ``d = log ref - log pi`` per token, ``k3 = exp(d) - 1 - d >= 0``; its expectation under the policy
+    equals that of ``-d`` (because ``E_pi[exp(d)] = 1`` at each position), so the per-response sum is
+    an unbiased estimate of the sequence KL, like the plain log-ratio sum, but non-negative and with
+    lower variance. Returns the per-response sums (length = number of responses).
+    """
+    if len(logp_policy_tokens) != len(logp_ref_tokens):
+        raise ValueError(f"k3_kl: {len(logp_policy_tokens)} responses under the policy but "
+                         f"{len(logp_ref_tokens)} under the reference")
+    out = np.empty(len(logp_policy_tokens))
+    for j, (lp, lr) in enumerate(zip(logp_policy_tokens, logp_ref_tokens)):
+        p = _finite_vector(lp, f"k3_kl: policy log-probs of response {j}")
+        r = _finite_vector(lr, f"k3_kl: reference log-probs of response {j}")
+        if p.shape != r.shape:
+            raise ValueError(f"k3_kl: response {j} has {p.size} tokens under the policy but {r.size} under "
+                             "the reference (different tokenizers?)")
+        d = r - p
+        # expm1 is accurate near d = 0 (k3(0) = 0 exactly); the clip only removes rounding below zero
+        out[j] = float(np.sum(np.maximum(np.expm1(d) - d, 0.0)))
+    return out
+
+
+def paired_comparison(scores_a: ArrayLike, scores_b: ArrayLike, tol: float = 0.0, z: float = 1.96,
+                      n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
+                      identical: ArrayLike | None = None) -> dict:
+    """Model A against model B on the same prompts under one objective: everything :func:`win_rates`
+    returns (win/tie/loss, Wilson intervals, win share among non-tied prompts, sign test, mean
+    difference with its paired bootstrap interval) plus ``n_identical_ties``: the ties whose two
+    responses are the same text, when ``identical[i]`` (one flag per prompt) is given, else ``None``.
+    Many identical-text ties mean the two models often answer alike, not that they are equally good.
+    """
+    out = win_rates(scores_a, scores_b, tol, z, n_resamples, level, seed)
+    if identical is None:
+        out["n_identical_ties"] = None
+        return out
+    same = np.asarray(identical, dtype=bool).reshape(-1)
+    if same.size != out["n"]:
+        raise ValueError(f"paired_comparison: {same.size} identical-text flags for {out['n']} prompts")
+    diff = np.asarray(scores_a, dtype=float).reshape(-1) - np.asarray(scores_b, dtype=float).reshape(-1)
+    out["n_identical_ties"] = int(np.count_nonzero(same & (np.abs(diff) <= tol)))
+    return out
 
 
 def reward_summary(values: ArrayLike) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Tables of the evaluation section: reward-model accuracy (paper Table 2), training time per method
-(Table 3), win rates (Figure 2a as numbers), mean/median rewards and KL per model; plus the readers of
-the training logs they come from. Each table renders as plain text, Markdown and (escaped) HTML.
+(Table 3), win rates with paired tests (Figure 2a as numbers) and a one-sentence verdict, mean/median
+rewards and KL per model; plus the readers of the training logs they come from. Each table renders as
+plain text, Markdown and (escaped) HTML.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,30 +17,41 @@ from pathlib import Path
 import yaml
 
 from molma.eval.responses import read_json_if_exists
+from molma.eval.stats import sign_test, wilson_interval
 
 
 @dataclass
 class Table:
-    """A titled table of already-formatted cells; ``notes`` are printed under it."""
+    """A titled table of already-formatted cells; ``notes`` are printed under it. ``subheaders[i]`` is a
+    header row repeated before ``rows[i]`` (a table in blocks, e.g. one block per objective)."""
 
     title: str
     columns: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
+    subheaders: dict[int, list[str]] = field(default_factory=dict)
 
-    def to_text(self) -> str:
-        widths = [max(len(str(c)) for c in col) for col in zip(self.columns, *self.rows)]
+    def to_text(self, width: int = 100) -> str:
+        """Aligned columns; notes wrapped at ``width`` characters."""
+        widths = [max(len(str(c)) for c in col)
+                  for col in zip(self.columns, *self.subheaders.values(), *self.rows)]
         line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
         out = [self.title, line(self.columns), line(["-" * w for w in widths])]
-        out += [line(r) for r in self.rows]
-        out += self.notes
+        for i, r in enumerate(self.rows):
+            if i in self.subheaders and i > 0:
+                out += ["", line(self.subheaders[i]), line(["-" * w for w in widths])]
+            out.append(line(r))
+        out += [wrapped for n in self.notes for wrapped in textwrap.wrap(n, width) or [""]]
         return "\n".join(out)
 
     def to_markdown(self) -> str:
         esc = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
         out = [f"**{esc(self.title)}**", "", "| " + " | ".join(esc(c) for c in self.columns) + " |",
                "|" + "|".join("---" for _ in self.columns) + "|"]
-        out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in self.rows]
+        for i, r in enumerate(self.rows):
+            if i in self.subheaders and i > 0:
+                out.append("| " + " | ".join(f"**{esc(c)}**" for c in self.subheaders[i]) + " |")
+            out.append("| " + " | ".join(esc(c) for c in r) + " |")
         if self.notes:
             out += [""] + [f"_{esc(n)}_" for n in self.notes]
         return "\n".join(out)
@@ -46,10 +59,14 @@ class Table:
     def to_html(self) -> str:
         e = html.escape
         head = "".join(f"<th>{e(str(c))}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in self.rows)
+        body = []
+        for i, r in enumerate(self.rows):
+            if i in self.subheaders and i > 0:
+                body.append("<tr>" + "".join(f"<th>{e(str(c))}</th>" for c in self.subheaders[i]) + "</tr>")
+            body.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>")
         notes = "".join(f'<p class="note">{e(n)}</p>' for n in self.notes)
         return (f"<table><caption>{e(self.title)}</caption><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>{notes}")
+                f"<tbody>{''.join(body)}</tbody></table>{notes}")
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -66,26 +83,108 @@ def pct(value) -> str:
 
 
 # ----------------------------------------------------------------------------------------- win rates
+def comparison_stats(r: Mapping) -> dict:
+    """A win-rate dict with the paired statistics filled in from its counts where they are missing
+    (win-rate dicts from older summaries or sweep files): ``n_decisive``, ``win_excl_ties`` with its
+    Wilson interval and ``sign_p``. ``mean_diff`` and its interval stay ``None`` when absent (they need
+    the scores)."""
+    out = dict(r)
+    n_win, n_loss = out.get("n_win"), out.get("n_loss")
+    if n_win is None or n_loss is None:
+        return out
+    n_dec = int(n_win) + int(n_loss)
+    out.setdefault("n_decisive", n_dec)
+    if out.get("win_excl_ties") is None and n_dec:
+        out["win_excl_ties"] = n_win / n_dec
+    if out.get("excl_ci_low") is None or out.get("excl_ci_high") is None:
+        out["excl_ci_low"], out["excl_ci_high"] = wilson_interval(int(n_win), n_dec)
+    if out.get("sign_p") is None:
+        out["sign_p"] = sign_test(int(n_win), int(n_loss))
+    for key in ("win_excl_ties", "mean_diff", "diff_ci_low", "diff_ci_high", "n_identical_ties"):
+        out.setdefault(key, None)
+    return out
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value for a table cell: three decimals, ``<0.001`` below that."""
+    if p is None or not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _pct_ci(share, low, high) -> str:
+    return "-" if share is None else f"{pct(share)} [{pct(low)}, {pct(high)}]"
+
+
+def _diff_decimals(values: Sequence[float | None]) -> int:
+    """Decimals that show the largest magnitude with two significant digits (0 to 4)."""
+    top = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
+    if top == 0:
+        return 2
+    return min(4, max(0, 1 - math.floor(math.log10(top))))
+
+
+def _diff_ci(r: Mapping, decimals: int) -> str:
+    mean, low, high = r.get("mean_diff"), r.get("diff_ci_low"), r.get("diff_ci_high")
+    if mean is None:
+        return "-"
+    if low is None or high is None:
+        return f"{mean:+.{decimals}f}"
+    return f"{mean:+.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
+
+
 def win_rate_table(rates: Mapping[str, Mapping[str, Mapping]], versus: str,
-                   objectives: Sequence[str] | None = None) -> Table:
-    """Win rates of ``versus`` against each other model (paper Figure 2a as a table): per objective the
-    win share with its 95 % Wilson interval and the tie share, in percent."""
+                   objectives: Sequence[str] | None = None, compact: bool = False) -> Table:
+    """Win rates of ``versus`` against each other model (paper Figure 2a as a table) with the paired
+    tests: one block per objective, one row per opponent. Columns: win % of all prompts with its 95 %
+    Wilson interval, tie %, loss %, win % among the non-tied prompts with its Wilson interval, mean
+    reward difference (``versus`` minus opponent) with its paired bootstrap 95 % interval, and the
+    two-sided sign-test p-value on the non-tied prompts. ``compact`` puts the win share and its interval
+    in one cell (the text layout, :func:`format_win_rates`: fits a 100-column terminal for model names up
+    to about 12 characters); otherwise they are two columns."""
     objectives = list(objectives or dict.fromkeys(o for r in rates.values() for o in r))
-    columns = ["vs"]
+    rows: list[list[str]] = []
+    subheaders: dict[int, list[str]] = {}
+    win_head = lambda o: [f"{o} win % [95% CI]"] if compact else [f"{o} win %", "95% CI"]  # noqa: E731
+    header = lambda o: ["vs", *win_head(o), "tie %", "loss %", "no-tie win % [CI]",  # noqa: E731
+                        "mean diff [95% CI]", "sign p"]
+    win_cells = lambda r: ([_pct_ci(r["win"], r["ci_low"], r["ci_high"])] if compact  # noqa: E731
+                           else [pct(r["win"]), f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]"])
+    identical: dict[str, dict[str, int]] = {}
     for o in objectives:
-        columns += [f"{o} win %", f"{o} 95% CI", f"{o} tie %"]
-    rows = []
-    for other, per in rates.items():
-        row = [other]
-        for o in objectives:
-            r = per.get(o)
-            row += ["-", "-", "-"] if r is None else [
-                pct(r["win"]), f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]", pct(r["tie"])]
-        rows.append(row)
+        subheaders[len(rows)] = header(o)
+        stats = {m: comparison_stats(per[o]) for m, per in rates.items() if per.get(o) is not None}
+        decimals = _diff_decimals([v for r in stats.values()
+                                   for v in (r["mean_diff"], r["diff_ci_low"], r["diff_ci_high"])])
+        for other in rates:
+            r = stats.get(other)
+            if r is None:
+                rows.append([other, *["-"] * (len(header(o)) - 1)])
+                continue
+            rows.append([other, *win_cells(r), pct(r["tie"]), pct(r["loss"]),
+                         _pct_ci(r["win_excl_ties"], r["excl_ci_low"], r["excl_ci_high"]),
+                         _diff_ci(r, decimals), fmt_p(r["sign_p"])])
+            if r["n_identical_ties"] is not None:
+                identical.setdefault(other, {})[o] = int(r["n_identical_ties"])
+    columns = subheaders.pop(0) if rows else header(objectives[0] if objectives else "")
     n = next((r["n"] for per in rates.values() for r in per.values()), 0)
     notes = [f"{n} prompts; win = {versus}'s response scores higher; tie = |difference| <= tolerance; "
-             "CI = Wilson score interval of the win share."]
-    return Table(f"Win rates of {versus} (model-based evaluation, Figure 2a)", columns, rows, notes)
+             "[95% CI] after a win share = Wilson score interval.",
+             "no-tie win % = wins / (wins + losses), the share to compare with 50 %; sign p = exact "
+             "two-sided sign test on the non-tied prompts (H0: win and loss equally likely); mean diff = "
+             f"mean of ({versus} - opponent) reward with a paired bootstrap 95% interval over prompts."]
+    same = []
+    for m, per_objective in identical.items():
+        counts = set(per_objective.values())
+        if counts == {0}:
+            continue
+        same.append(f"{m} {counts.pop()}" if len(counts) == 1 else
+                    f"{m} " + ", ".join(f"{k} ({o})" for o, k in per_objective.items()))
+    if same:
+        notes.append(f"Ties where both responses are the same text (of {n} prompts): " + ", ".join(same) + ".")
+    elif identical:
+        notes.append("No tie comes from identical response text.")
+    return Table(f"Win rates of {versus} (model-based evaluation, Figure 2a)", columns, rows, notes, subheaders)
 
 
 def format_win_rates(rates: Mapping[str, Mapping[str, Mapping]], versus: str,
@@ -93,12 +192,98 @@ def format_win_rates(rates: Mapping[str, Mapping[str, Mapping]], versus: str,
     """The win-rate table as plain text (what the demo prints)."""
     if not rates:
         return f"Win rates of {versus}: no other model evaluated"
-    return win_rate_table(rates, versus, objectives).to_text()
+    return win_rate_table(rates, versus, objectives, compact=True).to_text()
 
 
-def reward_table(summary: Sequence[Mapping], objectives: Sequence[str]) -> Table:
+def _join(items: Sequence[str], word: str = "and") -> str:
+    """``a``, ``a and b``, ``a, b and c`` (``word`` may carry a comma: ``", and"``)."""
+    items = list(items)
+    if len(items) == 1:
+        return items[0]
+    sep = word if word.startswith(",") else f" {word}"
+    return ", ".join(items[:-1]) + f"{sep} " + items[-1]
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def verdict_sentence(result_or_rates, versus: str | None = None, objectives: Sequence[str] | None = None,
+                     alpha: float = 0.05) -> str:
+    """One plain sentence on what the model-based evaluation showed for ``versus``.
+
+    ``result_or_rates`` is an :class:`~molma.eval.runner.EvalResult` or its ``win_rates`` mapping
+    (``{opponent: {objective: win-rate dict}}``). Per opponent and objective, a difference counts only
+    when the two-sided sign test on the non-tied prompts gives ``p < alpha``: then ``versus`` beat the
+    opponent (more wins than losses) or lost to it. Everything else is "no significant difference" -
+    never a win. Example: "molma beat ref on help (58 % of non-tied prompts, p = 0.003) and safe (61 %,
+    p = 0.010); lost to so-safe on safe (won 30 % of non-tied prompts, p = 0.002); and showed no
+    significant difference from so-help or gapo at this scale [64 prompts; two-sided sign test on the
+    non-tied prompts, alpha = 0.05]."
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"verdict_sentence: alpha must be in (0, 1), got {alpha}")
+    rates = getattr(result_or_rates, "win_rates", result_or_rates)
+    if versus is None:
+        versus = getattr(result_or_rates, "versus", None) or "the model"
+    if objectives is None:
+        objectives = getattr(result_or_rates, "objectives", None)
+    objectives = list(objectives or dict.fromkeys(o for r in rates.values() for o in r))
+    if not rates:
+        return f"{versus}: no other model evaluated, so nothing to compare."
+    beaten, lost_to, no_difference, sizes = [], [], [], set()
+    for other, per in rates.items():
+        won, lost = [], []
+        for o in objectives:
+            if per.get(o) is None:
+                continue
+            r = comparison_stats(per[o])
+            sizes.add(int(r.get("n", 0)))
+            p, n_win, n_loss = r.get("sign_p"), r.get("n_win"), r.get("n_loss")
+            if p is None or n_win is None or n_loss is None or not p < alpha or n_win == n_loss:
+                continue  # not significant: never reported as a win or a loss
+            (won if n_win > n_loss else lost).append((o, f"{100 * r['win_excl_ties']:.0f} %", _p_text(p)))
+        if won:
+            beaten.append((other, won))
+        if lost:
+            lost_to.append((other, lost))
+        if not won and not lost:
+            no_difference.append(other)
+
+    def listing(groups, prefix: str) -> str:
+        items, first = [], True
+        for other, hits in groups:
+            described = []
+            for o, share, p_text in hits:
+                what = f"{prefix}{share} of non-tied prompts" if first else f"{prefix}{share}"
+                described.append(f"{o} ({what}, {p_text})")
+                first = False
+            items.append(f"{other} on {_join(described)}")
+        oxford = len(items) > 2 or any(len(h) > 1 for _, h in groups)  # "a on x and y, and b on z"
+        return _join(items, ", and" if oxford else "and")
+
+    clauses = []
+    if beaten:
+        clauses.append("beat " + listing(beaten, ""))
+    if lost_to:
+        clauses.append("lost to " + listing(lost_to, "won "))
+    if no_difference:
+        clauses.append(f"showed no significant difference from {_join(no_difference, 'or')} at this scale")
+    if len(clauses) > 1:
+        clauses[-1] = "and " + clauses[-1]
+    n = "/".join(str(k) for k in sorted(sizes)) if sizes else "0"
+    return (f"{versus} " + "; ".join(clauses)
+            + f" [{n} prompts; two-sided sign test on the non-tied prompts, alpha = {alpha:g}].")
+
+
+KL_NOTE = ("KL to ref: estimate of KL(model || reference) in nats per response; the evaluation's own estimate "
+           "(molma eval --kl-reference) is k3: per token exp(d) - 1 - d with d = log p_ref - log p_model, "
+           "summed over the response and averaged over responses, never negative; '-' = not measured.")
+
+
+def reward_table(summary: Sequence[Mapping], objectives: Sequence[str], kl_note: str | None = None) -> Table:
     """Mean / median reward per objective and KL to the reference, one row per model (paper Figure 3
-    in numbers)."""
+    in numbers). ``kl_note`` replaces the default note on the KL column (:data:`KL_NOTE`)."""
     columns = ["model", "n"]
     for o in objectives:
         columns += [f"{o} mean", f"{o} median"]
@@ -110,7 +295,7 @@ def reward_table(summary: Sequence[Mapping], objectives: Sequence[str]) -> Table
             row += [fmt(s.get(f"{o}/mean")), fmt(s.get(f"{o}/median"))]
         row.append(fmt(s.get("kl")))
         rows.append(row)
-    notes = ["KL to ref: estimate of KL(model || reference) per response in nats; '-' = not measured."]
+    notes = [kl_note or KL_NOTE]
     return Table("Rewards of generated responses per model", columns, rows, notes)
 
 
@@ -148,23 +333,52 @@ def read_rm_records(paths: Sequence[str | Path]) -> list[dict]:
     return out
 
 
+def _pairs(rec: Mapping) -> int | None:
+    n = rec.get("n")
+    if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n) or n <= 0 or n != int(n):
+        return None
+    return int(n)
+
+
+def rm_accuracy_interval(rec: Mapping, z: float = 1.96) -> tuple[float, float] | None:
+    """95 % Wilson interval of a reward-model accuracy record with its number of pairs ``n`` (the count
+    of correct pairs is ``correct`` when given, else ``round(accuracy * n)``); ``None`` without ``n``."""
+    n = _pairs(rec)
+    if n is None:
+        return None
+    correct = rec.get("correct")
+    k = int(correct) if isinstance(correct, int) and not isinstance(correct, bool) and 0 <= correct <= n \
+        else round(float(rec["accuracy"]) * n)
+    return wilson_interval(k, n, z)
+
+
 def rm_accuracy_table(records: Sequence[Mapping]) -> Table:
     """Reward-model accuracy (paper Table 2): rows = reward model, columns = benchmark, plus the average
     over the benchmarks each model was evaluated on; ``-`` where a model was not evaluated. In percent.
-    A repeated (model, benchmark) keeps the last record."""
+    Under the table, one note per reward model gives each accuracy's number of pairs and 95 % Wilson
+    interval (:func:`rm_accuracy_interval`) when its record has ``n``. A repeated (model, benchmark)
+    keeps the last record."""
     models = list(dict.fromkeys(r["model"] for r in records))
     benches = list(dict.fromkeys(r["benchmark"] for r in records))
-    cell = {(r["model"], r["benchmark"]): float(r["accuracy"]) for r in records}
+    by_cell = {(r["model"], r["benchmark"]): r for r in records}
     rows = []
     for m in models:
-        values = [cell.get((m, b)) for b in benches]
+        values = [float(by_cell[(m, b)]["accuracy"]) if (m, b) in by_cell else None for b in benches]
         have = [v for v in values if v is not None]
         rows.append([m, *[pct(v) for v in values], pct(sum(have) / len(have))])
-    counts = {r["benchmark"]: r.get("n") for r in records if r.get("n") is not None}
     notes = ["Accuracy (%) = share of preference pairs where the reward model scores the chosen response "
-             "higher; Avg over the benchmarks each model was evaluated on."]
-    if counts:
-        notes.append("Pairs per benchmark: " + ", ".join(f"{b}: {n}" for b, n in counts.items()))
+             "higher; Avg over the benchmarks each model was evaluated on. Pairs and 95% Wilson interval "
+             "of each accuracy:"]
+    for m in models:
+        cells = []
+        for b in benches:
+            rec = by_cell.get((m, b))
+            if rec is None:
+                continue
+            ci = rm_accuracy_interval(rec)
+            cells.append(f"{b} {pct(rec['accuracy'])} [{pct(ci[0])}, {pct(ci[1])}] of {_pairs(rec)} pairs"
+                         if ci is not None else f"{b} {pct(rec['accuracy'])} (number of pairs not given)")
+        notes.append(f"{m}: " + "; ".join(cells) + ".")
     return Table("Reward-model accuracy (Table 2)", ["reward model", *benches, "Avg"], rows, notes)
 
 

@@ -25,6 +25,10 @@ objective is the mean of W over the prompts where it is defined.
 
 Model-based win rates use the ``scores`` of ``responses.jsonl`` under the objective's key (higher score
 wins), over all prompts of the study, for comparison with the human ones.
+
+Uncertainty: every win rate comes with the 95 % Wilson interval of the win share, the win share among
+the non-tied prompts (wins / (wins + losses), the number to compare with 50 %) with its own Wilson
+interval, and the exact two-sided sign test on the non-tied prompts (``molma.eval.stats``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from molma.atomic import write_text_atomic
+from molma.eval.stats import sign_test, wilson_interval
 from molma.humaneval.objectives import Objective
 from molma.humaneval.store import StudyData
 
@@ -123,14 +128,45 @@ class PairResult:
         """Share of compared prompts lost."""
         return self.rate(self.losses)
 
+    @property
+    def win_ci(self) -> tuple[float, float]:
+        """95 % Wilson interval of the win share over all compared prompts ((0, 1) when n = 0)."""
+        return wilson_interval(self.wins, self.n)
+
+    @property
+    def n_decisive(self) -> int:
+        """Compared prompts that are not ties."""
+        return self.wins + self.losses
+
+    @property
+    def win_excl_ties(self) -> float | None:
+        """Share of the non-tied prompts won (None when every prompt is a tie)."""
+        return self.wins / self.n_decisive if self.n_decisive else None
+
+    @property
+    def excl_ci(self) -> tuple[float, float]:
+        """95 % Wilson interval of :attr:`win_excl_ties` ((0, 1) when there is no non-tied prompt)."""
+        return wilson_interval(self.wins, self.n_decisive)
+
+    @property
+    def sign_p(self) -> float:
+        """Exact two-sided sign-test p-value on the non-tied prompts (1.0 when there are none)."""
+        return sign_test(self.wins, self.losses)
+
     def to_dict(self) -> dict[str, Any]:
-        """Counts and rates, JSON-ready (rates None when n = 0)."""
+        """Counts, rates and their uncertainty, JSON-ready (rates None when n = 0)."""
         return {
             **asdict(self),
             "n": self.n,
             "win_rate": self.win_rate,
             "tie_rate": self.tie_rate,
             "loss_rate": self.loss_rate,
+            "win_ci_low": self.win_ci[0] if self.n else None,
+            "win_ci_high": self.win_ci[1] if self.n else None,
+            "win_excl_ties": self.win_excl_ties,
+            "excl_ci_low": self.excl_ci[0] if self.n_decisive else None,
+            "excl_ci_high": self.excl_ci[1] if self.n_decisive else None,
+            "sign_p": self.sign_p,
         }
 
 
@@ -336,6 +372,13 @@ def win_rates_csv(results: StudyResults) -> str:
             "model_based_win_rate",
             "model_based_tie_rate",
             "model_based_n",
+            "win_ci_low",
+            "win_ci_high",
+            "win_excl_ties",
+            "excl_ci_low",
+            "excl_ci_high",
+            "sign_p",
+            "model_based_sign_p",
         ]
     )
     for obj in results.objectives:
@@ -356,6 +399,13 @@ def win_rates_csv(results: StudyResults) -> str:
                     _fmt(rm.win_rate if rm else None),
                     _fmt(rm.tie_rate if rm else None),
                     rm.n if rm else "",
+                    _fmt(p.win_ci[0] if p.n else None),
+                    _fmt(p.win_ci[1] if p.n else None),
+                    _fmt(p.win_excl_ties),
+                    _fmt(p.excl_ci[0] if p.n_decisive else None),
+                    _fmt(p.excl_ci[1] if p.n_decisive else None),
+                    _fmt(p.sign_p),
+                    _fmt(rm.sign_p if rm else None),
                 ]
             )
     return buf.text()
@@ -426,8 +476,18 @@ def _safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:64] or "model"
 
 
+def _pct_ci(share: float | None, ci: tuple[float, float]) -> str:
+    return "-" if share is None else f"{share:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]"
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def summary_text(results: StudyResults, model: str) -> str:
-    """A plain-text table: ``model`` against each other model per objective, and agreement."""
+    """A plain-text table: ``model`` against each other model per objective (win, tie and loss shares,
+    prompts, the 95 % Wilson interval of the win share, the win share among non-tied prompts with its
+    interval, the sign-test p-value, and the model-based win share), and agreement."""
     lines = [f"{results.title}: {results.n_prompts} prompts, {len(results.evaluators)} evaluators"]
     for obj in results.objectives:
         agreement = results.agreement[obj.key]
@@ -436,7 +496,10 @@ def summary_text(results: StudyResults, model: str) -> str:
             f"\n{obj.label} ({obj.key}): {results.ranked_prompts.get(obj.key, 0)} prompts ranked, "
             f"Kendall's W {w} over {agreement.n_prompts} prompt(s)"
         )
-        lines.append(f"  {model} vs          win    tie   loss     n   model-based win")
+        lines.append(
+            f"  {model[:13] + ' vs':<16}    win    tie   loss     n  win 95% CI      "
+            "no-tie win [95% CI]       sign p  model-based win"
+        )
         for p in results.pairs(model, obj.key):
             rm = results.model_based.get(obj.key, {}).get((p.model, p.opponent))
             rm_text = "-" if rm is None or rm.win_rate is None else f"{rm.win_rate:6.1%}"
@@ -444,8 +507,15 @@ def summary_text(results: StudyResults, model: str) -> str:
             def pct(v: float | None) -> str:
                 return "   -  " if v is None else f"{v:6.1%}"
 
+            ci = "-" if not p.n else f"[{p.win_ci[0]:.1%}, {p.win_ci[1]:.1%}]"
             lines.append(
                 f"  {p.opponent[:16]:<16} {pct(p.win_rate)} {pct(p.tie_rate)} {pct(p.loss_rate)}"
-                f" {p.n:5d}   {rm_text}"
+                f" {p.n:5d}  {ci:<15} {_pct_ci(p.win_excl_ties, p.excl_ci):<25}"
+                f" {_p(p.sign_p) if p.n else '-':<7} {rm_text}"
             )
+    lines.append(
+        "\nwin / tie / loss: shares of the ranked prompts, 95% CI: Wilson interval of the win share;"
+        "\nno-tie win = wins / (wins + losses), the share to compare with 50 %;"
+        "\nsign p: exact two-sided sign test on the non-tied prompts (H0: win and loss equally likely)."
+    )
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from molma.models.loading import (
     apply_lora,
     builtin_model_path,
     cache_dir,
+    disable_dropout,
     load_model,
     load_tokenizer,
     resolve_model_path,
@@ -17,6 +18,7 @@ from molma.models.tiny import tiny_llama, tiny_llama_config
 
 __all__ = [
     "BUILTIN_MODELS", "DEFAULT_MODEL", "LoraSettings", "ModelNotAvailableError", "apply_lora",
-    "builtin_model_path", "cache_dir", "is_peft", "load_model", "load_tokenizer", "resolve_model_path",
+    "builtin_model_path", "cache_dir", "disable_dropout", "is_peft", "load_model", "load_tokenizer",
+    "resolve_model_path",
     "shard_model", "tiny_llama", "tiny_llama_config", "transformer_blocks",
 ]

@@ -183,3 +183,26 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.
     if lora is not None:
         model = apply_lora(model, lora)
     return model, tok
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Switch every dropout off (``nn.Dropout`` modules, LoRA's included, and ``*dropout`` / ``*pdrop``
+    probabilities in the model's config, which some attention implementations read at call time), as
+    TRL's ``disable_dropout_in_model`` does for RL: the rollout policy, the reference and the trained
+    policy must compute the same log-probabilities for the same tokens. Returns the modules changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p != 0:
+            module.p = 0.0
+            changed += 1
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            for key, value in config.to_dict().items():
+                if isinstance(value, float) and value > 0 and (key.endswith("dropout") or key.endswith("pdrop")):
+                    setattr(config, key, 0.0)
+        for attr in ("attention_dropout", "dropout"):  # attention modules that copy the probability
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and value > 0:
+                setattr(module, attr, 0.0)
+                changed += 1
+    return changed

@@ -106,7 +106,9 @@ class RewardModel:
     """
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "reward", batch_size: int = 16,
-                 max_length: int = 512, device: str | torch.device = "cpu") -> None:
+                 max_length: int = 512, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+        from molma.models.precision import resolve_precision
+
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         if max_length <= 0:
@@ -123,6 +125,8 @@ class RewardModel:
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = torch.device(device)
+        # forwards under autocast with the score head in float32 (molma.models.precision)
+        self.precision = resolve_precision(precision, self.device)
         self.show_progress = False
         self.model.to(self.device)
         self.model.eval()
@@ -133,7 +137,7 @@ class RewardModel:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, name: str | None = None, batch_size: int = 16,
-                        max_length: int = 512, device: str = "cpu") -> RewardModel:
+                        max_length: int = 512, device: str = "cpu", precision: str = "fp32") -> RewardModel:
         """Load a saved reward model (any sequence-classification checkpoint with one label).
 
         ``name`` defaults to the objective recorded in the checkpoint's ``molma_rm.json``, else the
@@ -156,7 +160,8 @@ class RewardModel:
             raise FileNotFoundError(f"{src}: not a model checkpoint folder (no config.json)")
         tokenizer = AutoTokenizer.from_pretrained(src)
         model = AutoModelForSequenceClassification.from_pretrained(src, dtype=torch.float32)
-        return cls(model, tokenizer, name=name, batch_size=batch_size, max_length=max_length, device=device)
+        return cls(model, tokenizer, name=name, batch_size=batch_size, max_length=max_length, device=device,
+                   precision=precision)
 
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """r(x, y) for each pair, float32 ``[B]`` on the CPU; raises if any score is not finite."""
@@ -174,7 +179,9 @@ class RewardModel:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"scoring ({self.name})", unit="batch", leave=False)
-        with torch.inference_mode():
+        from molma.models.precision import autocast
+
+        with torch.inference_mode(), autocast(self.model, self.precision):
             for start in batches:
                 idx = order[start:start + self.batch_size]
                 input_ids, mask = pad_right([ids[i] for i in idx], self.model.config.pad_token_id)

@@ -27,11 +27,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from molma.config import check_range, to_dict
+from molma.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, UNIT, Range, check_ranges, to_dict
 from molma.data.records import PreferencePair
 from molma.models import DEFAULT_MODEL, LoraSettings
 from molma.rewards.data import load_pairs, validate_pairs
@@ -93,38 +93,28 @@ class RewardTrainConfig:
     """Batch pairs of similar length together (random order of batches): much less padding on CPU."""
     seed: int = 0
     device: str = "cpu"
+    precision: str = "auto"
+    """Mixed precision of training forwards (auto: bf16 where the hardware has it); weights stay float32."""
     logging_steps: int = 10
+
+    # the valid range of every numeric field; NaN and inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "limit": COUNT, "eval_fraction": FRACTION, "max_length": Range(8), "num_layers": COUNT,
+        "train_top_layers": COUNT, "epochs": POSITIVE, "batch_size": COUNT, "gradient_accumulation_steps": COUNT,
+        "learning_rate": POSITIVE, "head_learning_rate": POSITIVE, "min_lr_ratio": UNIT, "warmup_ratio": FRACTION,
+        "weight_decay": NON_NEGATIVE, "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_epsilon": POSITIVE,
+        "max_grad_norm": POSITIVE, "center_rewards_coefficient": NON_NEGATIVE, "seed": SEED,
+        "logging_steps": COUNT,
+    }
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
         if not self.objective.strip():
             raise ValueError("objective must not be empty")
-        check_range("eval_fraction", self.eval_fraction, 0.0, 1.0, high_open=True)
-        check_range("max_length", self.max_length, 8)
-        check_range("epochs", self.epochs, 0.0, low_open=True)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
-        check_range("learning_rate", self.learning_rate, 0.0, low_open=True)
-        if self.head_learning_rate is not None:
-            check_range("head_learning_rate", self.head_learning_rate, 0.0, low_open=True)
-        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
-        check_range("weight_decay", self.weight_decay, 0.0)
-        check_range("adam_beta1", self.adam_beta1, 0.0, 1.0, high_open=True)
-        check_range("adam_beta2", self.adam_beta2, 0.0, 1.0, high_open=True)
-        check_range("adam_epsilon", self.adam_epsilon, 0.0, low_open=True)
-        check_range("max_grad_norm", self.max_grad_norm, 0.0, low_open=True)
-        check_range("logging_steps", self.logging_steps, 1)
-        if self.limit is not None:
-            check_range("limit", self.limit, 1)
-        if self.num_layers is not None:
-            check_range("num_layers", self.num_layers, 1)
-        if self.train_top_layers is not None:
-            check_range("train_top_layers", self.train_top_layers, 1)
-            if self.num_layers is not None and self.train_top_layers > self.num_layers:
-                raise ValueError(
-                    f"train_top_layers ({self.train_top_layers}) > num_layers ({self.num_layers})")
+        check_ranges(self)
+        if None not in (self.train_top_layers, self.num_layers) and self.train_top_layers > self.num_layers:
+            raise ValueError(f"train_top_layers ({self.train_top_layers}) > num_layers ({self.num_layers})")
 
     @property
     def output_path(self) -> Path:
@@ -419,6 +409,10 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
     out = config.output_path
     work = Path(tempfile.mkdtemp(prefix=".rm-trainer-"))
     use_cpu = str(config.device) == "cpu"
+    from molma.models.precision import resolve_precision
+
+    precision = resolve_precision(config.precision, "cpu" if use_cpu else "cuda")
+    log.info("precision: %s (config: %s)", precision, config.precision)
     args = RewardConfig(
         output_dir=str(work), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
@@ -426,7 +420,8 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, adam_beta1=config.adam_beta1,
         adam_beta2=config.adam_beta2, adam_epsilon=config.adam_epsilon, max_grad_norm=config.max_grad_norm,
         logging_steps=config.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
-        bf16=False, fp16=False, use_cpu=use_cpu, max_length=None, seed=config.seed, data_seed=config.seed,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=use_cpu, max_length=None, seed=config.seed,
+        data_seed=config.seed,
         dataloader_num_workers=0,
         center_rewards_coefficient=config.center_rewards_coefficient, disable_tqdm=False,
         logging_nan_inf_filter=False, remove_unused_columns=False,  # the collator ignores "length"

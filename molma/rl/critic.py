@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import Tensor, nn
 
 from molma.rl.rollout import Batch
@@ -27,7 +28,9 @@ class ValueHeads(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.linear(hidden.float()).permute(2, 0, 1)
+        # values are regression targets: float32 even inside a bf16 autocast region
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.linear(hidden.float()).permute(2, 0, 1)
 
 
 class Critic(nn.Module):

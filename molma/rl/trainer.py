@@ -33,6 +33,7 @@ from molma.config import to_dict
 from molma.data.chat import render_prompt
 from molma.gradients import distributed as mdist
 from molma.gradients.backward import last_layer_parameters
+from molma.models.precision import autocast, resolve_precision
 from molma.models.sharding import (
     device_mesh,
     full_tensor,
@@ -102,6 +103,8 @@ class MultiObjectiveTrainer:
         if self.device.type == "cuda":  # NCCL collectives and FSDP's mesh use the current device
             torch.cuda.set_device(self.device)
         self.sharded = config.fsdp and self.world > 1
+        self.precision = resolve_precision(config.precision, self.device)
+        log.info("precision: %s (config: %s)", self.precision, config.precision)
         if config.fsdp and not self.sharded:
             log.warning("fsdp: true needs several processes (torchrun / accelerate launch); training "
                         "unsharded on this one")
@@ -121,6 +124,11 @@ class MultiObjectiveTrainer:
             from molma.models import apply_lora
 
             policy = apply_lora(policy, config.lora)
+        # no dropout anywhere in RL (policy, LoRA adapters, reference, critic): rollout, reference and
+        # update forwards must agree on the log-probabilities of the same tokens
+        from molma.models import disable_dropout
+
+        disable_dropout(policy)
         self.policy = policy
         # pi_0: with LoRA the base model with adapters disabled (no copy); otherwise a frozen copy
         if is_peft(policy):
@@ -135,7 +143,7 @@ class MultiObjectiveTrainer:
         if objectives is None:
             from molma.rewards import load_objective
 
-            objectives = [load_objective(spec, name, device=str(self.device))
+            objectives = [load_objective(spec, name, device=str(self.device), precision=self.precision)
                           for name, spec in config.objectives.items()]
         self.objectives = list(objectives)
         self.names = [o.name for o in self.objectives]
@@ -198,8 +206,9 @@ class MultiObjectiveTrainer:
 
     def _reference_logprobs(self, batch: Batch, hidden: bool) -> tuple[Tensor, Tensor | None]:
         if self.reference is not None:
-            return sequence_logprobs(self.reference, batch, return_hidden=hidden)
-        with self.policy.disable_adapter():
+            with autocast(self.reference, self.precision):
+                return sequence_logprobs(self.reference, batch, return_hidden=hidden)
+        with self.policy.disable_adapter(), autocast(self.policy, self.precision):
             return sequence_logprobs(self.policy, batch, return_hidden=hidden)
 
     # ------------------------------------------------------------------ one iteration
@@ -215,7 +224,7 @@ class MultiObjectiveTrainer:
         rows = list(parallel.shard(len(prompts), self.world, self.rank))
         texts = [render_prompt(self.tokenizer, prompts[i].text) for i in rows]
         gather = self.sharded and cfg.fsdp_gather_for_generation
-        with gathered(self.policy) if gather else contextlib.nullcontext():
+        with gathered(self.policy) if gather else contextlib.nullcontext(), autocast(self.policy, self.precision):
             batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
                                        seed=cfg.seed * 7_919 + iteration, rows=rows,
                                        synced=self.sharded and not gather)
@@ -236,7 +245,8 @@ class MultiObjectiveTrainer:
 
         t2 = time.perf_counter()
         logp_ref, ref_hidden = self._reference_logprobs(batch, hidden=self.critic.frozen)
-        values_old = self.critic(batch, ref_hidden)
+        with autocast(self.critic, self.precision):
+            values_old = self.critic(batch, ref_hidden)
         if self.world > 1:
             batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses = self._gather_rollout(
                 batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses)
@@ -285,14 +295,16 @@ class MultiObjectiveTrainer:
             idx = idx[self.rank::self.world]
             scale = float(exp.batch.response_mask[idx].sum().clamp(min=1.0) / n_global) * self.world
         mb = exp.batch.select(idx)
-        logp, _ = sequence_logprobs(self.policy, mb)
+        with autocast(self.policy, self.precision):  # losses below are computed in float32
+            logp, _ = sequence_logprobs(self.policy, mb)
         adv = exp.advantages[:, idx]
         if cfg.policy_loss == "apa":
             policy_losses = apa_loss(logp, exp.logp_ref[idx], adv, mb.response_mask, cfg.apa_lambda)
         else:
             policy_losses = ppo_loss(logp, exp.logp_old[idx], adv, mb.response_mask, cfg.ppo_clip)
         hidden = exp.ref_hidden[idx] if exp.ref_hidden is not None else None
-        values = self.critic(mb, hidden)
+        with autocast(self.critic, self.precision):
+            values = self.critic(mb, hidden)
         value_losses = value_loss(values, exp.returns[:, idx], mb.response_mask)
         if scale != 1.0:
             policy_losses, value_losses = policy_losses * scale, value_losses * scale
@@ -445,8 +457,9 @@ class MultiObjectiveTrainer:
         return root / f"iter-{iteration:06d}"
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of ``out`` if any; returns whether it did."""
-        path = latest_checkpoint(self.out / "checkpoints")
+        """Load the latest intact checkpoint of ``out`` (verified; a damaged one falls back to the previous
+        with a warning); none usable is a CheckpointError saying what was found."""
+        path = latest_checkpoint(self.out / "checkpoints", required=True)
         if path is None:
             return False
         tensors, state, meta = load_checkpoint(path, ["policy", "critic"])
@@ -543,6 +556,7 @@ class MultiObjectiveTrainer:
         finished = stop_after is None or stop_after >= cfg.iterations
         summary = {"algo": cfg.algo, "iterations": cfg.iterations, "wall_time_s": round(wall, 2),
                    "finished": finished, "processes": self.world, "fsdp": self.sharded,
+                   "precision": self.precision,
                    "objectives": self.names,
                    "last": {k: v for k, v in last.items() if k != "sample"}}
         if finished:

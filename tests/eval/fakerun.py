@@ -30,9 +30,17 @@ def make_fake_run(root: Path, n_prompts: int = 40, parts: tuple[str, ...] = ("ev
                     tag="help" if i % 5 else "safe", model=model, response=response,
                     scores={"help": float(rng.normal(mh, 1.0)), "safe": float(rng.normal(ms, 1.0))}))
         write_responses(root / "eval" / "responses.jsonl", records)
+        k3 = "k3 per token, summed over the response"
         result = compute_result(records, "molma", 0.0, kl={"molma": 0.12, "ref": 0.0}, out_dir=root / "eval",
                                 timings={m: {"generation_s": 1.5, "scoring_s": 0.5} for m in MODELS},
-                                config={"generation": {"seed": 0, "max_new_tokens": 48}, "tie_tol": 0.0})
+                                config={"generation": {"seed": 0, "max_new_tokens": 48}, "tie_tol": 0.0,
+                                        "kl_reference": "ref"},
+                                kl_details={"molma": {"kl": 0.12, "kl_se": 0.02, "mean_log_ratio": 0.1,
+                                                      "estimator": k3, "n_responses": n_prompts,
+                                                      "n_tokens": 20 * n_prompts},
+                                            "ref": {"kl": 0.0, "kl_se": 0.0, "mean_log_ratio": 0.0,
+                                                    "estimator": k3, "n_responses": n_prompts,
+                                                    "n_tokens": 20 * n_prompts}})
         write_summary(root / "eval", result)
     if "runs" in parts:
         for k, name in enumerate(["molma", "so-help"]):

@@ -78,6 +78,17 @@ def test_sequence_logprobs_batch_matches_single(tiny_model):
     assert batched[0] < 0 and batched[2] < 0
 
 
+def test_sequence_logprobs_per_token_sums_to_the_sequence_value(tiny_model):
+    model, tok = tiny_model
+    responses = ["Sure, here you go.", "", "No."]
+    sums = sequence_logprobs(model, tok, PROMPTS[:3], responses, batch_size=2)
+    tokens = sequence_logprobs(model, tok, PROMPTS[:3], responses, batch_size=2, per_token=True)
+    assert [len(t) for t in tokens] == [len(tok(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    assert tokens[1] == []  # empty response: no tokens
+    assert [sum(t) for t in tokens] == pytest.approx(sums, abs=1e-4)
+    assert all(v <= 0 for t in tokens for v in t)  # log-probabilities
+
+
 def test_load_for_eval_full_folder_and_adapter(tmp_path, tiny_model):
     from molma.models import LoraSettings, apply_lora
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import html
+import math
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -13,6 +15,7 @@ import pytest
 from molma.eval.report import build_report
 from molma.eval.runner import load_result
 from molma.eval.stats import hypervolume
+from molma.eval.tables import verdict_sentence
 
 from .fakerun import EVIL, make_fake_run
 
@@ -114,6 +117,43 @@ def test_report_numbers_match_the_saved_evaluation(full_report):
     assert "<td>RM-help</td><td>60.8</td><td>73.4</td><td>-</td><td>67.1</td>" in page
     # Table 3: 34 s over 20 iterations
     assert "<td>molma</td><td>molma</td><td>34.0</td><td>20</td><td>1.70</td>" in page
+
+
+def test_report_shows_paired_tests_kl_estimator_and_intervals(full_report):
+    run, report = full_report
+    page = report.html.read_text(encoding="utf-8")
+    md = report.markdown.read_text(encoding="utf-8")
+    result = load_result(run / "eval")
+    r = result.win_rates["ref"]["help"]
+    # the win-rate row: win, its interval, tie, loss, no-tie win share [CI], mean difference [CI], sign p
+    no_tie = f"{100 * r['win_excl_ties']:.1f} [{100 * r['excl_ci_low']:.1f}, {100 * r['excl_ci_high']:.1f}]"
+    p = "&lt;0.001" if r["sign_p"] < 0.001 else f"{r['sign_p']:.3f}"
+    # differences shown with two significant digits of the largest value in the objective's block
+    top = max(abs(x[k]) for x in (v["help"] for v in result.win_rates.values())
+              for k in ("mean_diff", "diff_ci_low", "diff_ci_high"))
+    d = min(4, max(0, 1 - math.floor(math.log10(top))))
+    assert (f"<td>{100 * r['tie']:.1f}</td><td>{100 * r['loss']:.1f}</td><td>{no_tie}</td>"
+            f"<td>{r['mean_diff']:+.{d}f} [{r['diff_ci_low']:.{d}f}, {r['diff_ci_high']:.{d}f}]</td>"
+            f"<td>{p}</td>") in page
+    for head in ("no-tie win % [CI]", "mean diff [95% CI]", "sign p"):
+        assert f"<th>{head}</th>" in page
+    assert "<th>vs</th><th>safe win %</th>" in page  # the second objective's block
+    # the verdict, escaped like every other text
+    sentence = verdict_sentence(result)
+    assert sentence.startswith("molma beat ref on help (82 % of non-tied prompts, p < 0.001)")
+    assert "In short: " + html.escape(sentence) in page
+    assert "In short: " + sentence in md
+    # identical-text ties: every response differs in the fake run
+    assert "No tie comes from identical response text." in page
+    # KL: the estimator in the reward table's note and its own table
+    assert "KL to the reference: estimator" in report.tables
+    assert "<td>molma</td><td>0.1200</td><td>0.0200</td><td>0.1000</td><td>40</td><td>800</td>" in page
+    assert "exp(d) - 1 - d" in page and "never negative" in page
+    # Table 2: pairs and a Wilson interval per accuracy (608 of 1000, 734 of 1000)
+    assert ("RM-help: Anthropic Helpful 60.8 [57.7, 63.8] of 1000 pairs; PKU-SafeRLHF (helpfulness) 73.4 "
+            "[70.6, 76.0] of 1000 pairs.") in page
+    assert "RM-safe: Anthropic Harmless 60.6 (number of pairs not given)." in page
+    assert "win (bottom), tie" in page  # the figure caption says how the bars are stacked
 
 
 def test_missing_parts_are_stated(tmp_path):

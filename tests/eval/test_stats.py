@@ -1,8 +1,10 @@
-"""Win rates, Wilson intervals, dominance and hypervolume against hand-computed values."""
+"""Win rates, Wilson intervals, sign test, paired bootstrap, k3 KL, dominance and hypervolume against
+hand-computed values."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -10,8 +12,12 @@ import pytest
 from molma.eval.stats import (
     bootstrap_ci,
     hypervolume,
+    k3_kl,
+    paired_bootstrap_ci,
+    paired_comparison,
     pareto_mask,
     reward_summary,
+    sign_test,
     summary_table,
     wilson_interval,
     win_rates,
@@ -140,3 +146,155 @@ def test_bootstrap_ci_brackets_the_mean():
     assert lo < x.mean() < hi
     assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
     assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
+
+
+# ------------------------------------------------------------------------------------------ sign test
+@pytest.mark.parametrize(("n_win", "n_loss", "p"), [
+    (9, 1, 0.021484375),   # 2 * (C(10,0) + C(10,1)) / 2^10 = 22 / 1024
+    (1, 9, 0.021484375),   # symmetric
+    (10, 0, 0.001953125),  # 2 / 1024
+    (0, 3, 0.25),          # 2 / 8
+    (6, 2, 0.2890625),     # 2 * (1 + 8 + 28) / 256 = 74 / 256
+    (5, 5, 1.0),           # 2 * P(X <= 5) > 1, capped
+    (3, 3, 1.0),
+    (1, 0, 1.0),           # one pair can never be significant: 2 * 1/2
+    (0, 0, 1.0),           # no non-tied pair: no evidence
+])
+def test_sign_test_hand_values(n_win, n_loss, p):
+    assert sign_test(n_win, n_loss) == pytest.approx(p, rel=1e-12)
+
+
+def test_sign_test_matches_exact_integer_sum():
+    """Oracle: 2 * sum_{k <= min} C(n, k) / 2^n with Python's exact integers."""
+    for n_win, n_loss in [(60, 40), (37, 63), (500, 540), (12, 30)]:
+        n, k = n_win + n_loss, min(n_win, n_loss)
+        exact = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+        assert sign_test(n_win, n_loss) == pytest.approx(exact, rel=1e-9)
+    with pytest.raises(ValueError):
+        sign_test(-1, 3)
+    with pytest.raises(ValueError):
+        sign_test(1.5, 3)
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+def test_paired_bootstrap_constant_difference_is_a_point():
+    # differences exactly 0.5 everywhere: every resample has mean 0.5
+    assert paired_bootstrap_ci([1.5, 2.5, -0.5, 4.0], [1.0, 2.0, -1.0, 3.5]) == (0.5, 0.5, 0.5)
+    assert paired_bootstrap_ci([3.0], [1.0]) == (2.0, 2.0, 2.0)  # one prompt
+
+
+def test_paired_bootstrap_hand_case_and_seeds():
+    # differences (1, 0): resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4, so the 2.5 %
+    # and 97.5 % quantiles of 2000 resamples are 0 and 1
+    assert paired_bootstrap_ci([1.0, 0.0], [0.0, 0.0]) == (0.5, 0.0, 1.0)
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.2, 1, 50), rng.normal(0, 1, 50)
+    first = paired_bootstrap_ci(a, b, seed=7)
+    assert paired_bootstrap_ci(a, b, seed=7) == first  # a seed always gives the same interval
+    assert paired_bootstrap_ci(a, b, seed=8) != first
+    assert first[0] == pytest.approx(float(np.mean(a - b)))
+    assert first[1] < first[0] < first[2]
+    # the paired design: a shared per-prompt offset does not widen the interval
+    offset = rng.normal(0, 100, 50)
+    assert paired_bootstrap_ci(a + offset, b + offset, seed=7) == pytest.approx(first)
+
+
+def test_paired_bootstrap_symmetric_case_brackets_zero_and_matches_normal_theory():
+    d = np.tile([-2.0, -1.0, 1.0, 2.0], 5)
+    mean, low, high = paired_bootstrap_ci(d, np.zeros_like(d))
+    assert mean == 0.0 and low < 0 < high
+    # large sample: close to mean +- 1.96 sd / sqrt(n)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.3, 1.0, 400)
+    mean, low, high = paired_bootstrap_ci(x, np.zeros(400), n_resamples=4000, level=0.95, seed=1)
+    half = 1.96 * x.std() / np.sqrt(400)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert (low + high) / 2 == pytest.approx(mean, abs=0.02)
+    narrower = paired_bootstrap_ci(x, np.zeros(400), n_resamples=4000, level=0.5, seed=1)
+    assert low < narrower[1] < narrower[2] < high
+
+
+def test_paired_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError, match="one pair per prompt"):
+        paired_bootstrap_ci([1, 2], [1])
+    with pytest.raises(ValueError, match="no pairs"):
+        paired_bootstrap_ci([], [])
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap_ci([1, 2], [0, 0], level=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ k3
+def test_k3_kl_hand_values():
+    lg = math.log
+    got = k3_kl([[lg(0.5), lg(0.25)], [lg(0.2)], [], [lg(0.9), lg(0.9)]],
+                [[lg(0.25), lg(0.25)], [lg(0.6)], [], [lg(0.9), lg(0.9)]])
+    # response 0: d = log(0.25/0.5) = -log 2 -> 0.5 - 1 + log 2 = 0.193147; second token d = 0 -> 0
+    # response 1: d = log 3 -> 3 - 1 - log 3 = 0.901388; no tokens -> 0; identical log-probs -> exactly 0
+    assert got.tolist() == pytest.approx([0.5 - 1 + math.log(2), 2 - math.log(3), 0.0, 0.0], abs=1e-12)
+    assert got[3] == 0.0
+
+
+def test_k3_kl_is_non_negative_where_the_log_ratio_is_not():
+    rng = np.random.default_rng(1)
+    pol = [np.log(rng.uniform(0.05, 1, size=n)) for n in (3, 7, 1, 12)]
+    ref = [np.log(rng.uniform(0.05, 1, size=n)) for n in (3, 7, 1, 12)]
+    naive = np.array([p.sum() - r.sum() for p, r in zip(pol, ref)])
+    assert (naive < 0).any()  # the plain per-response log-ratio can be negative
+    k3 = k3_kl(pol, ref)
+    assert (k3 >= 0).all() and k3.shape == (4,)
+    with pytest.raises(ValueError, match="different tokenizers"):
+        k3_kl([[-1.0, -2.0]], [[-1.0]])
+    with pytest.raises(ValueError, match="responses"):
+        k3_kl([[-1.0]], [])
+
+
+def test_k3_kl_is_unbiased_for_samples_of_the_policy():
+    """Tokens drawn from pi: the mean k3 approaches KL(pi || ref) = sum pi log(pi / ref)."""
+    pi = np.array([0.5, 0.3, 0.15, 0.05])
+    ref = np.array([0.25, 0.25, 0.25, 0.25])
+    exact = float(np.sum(pi * np.log(pi / ref)))
+    rng = np.random.default_rng(0)
+    tokens = rng.choice(4, size=(20000, 2), p=pi)  # 20000 two-token responses (independent positions)
+    est = k3_kl(np.log(pi[tokens]), np.log(ref[tokens])).mean()
+    assert est == pytest.approx(2 * exact, rel=0.03)
+
+
+# ------------------------------------------------------------------------------ paired comparisons
+def test_win_rates_paired_statistics_hand_values():
+    r = win_rates([2, 3, 1], [1, 1, 1])  # differences 1, 2, 0: two wins, one tie
+    assert (r["n_decisive"], r["win_excl_ties"], r["sign_p"]) == (2, 1.0, 0.5)
+    # Wilson(2, 2): centre = (1 + 0.9604) / 2.9208 = 0.671186, half = 0.328814
+    assert (r["excl_ci_low"], r["excl_ci_high"]) == pytest.approx((0.342372, 1.0), abs=1e-6)
+    # mean difference 1; resampled means k/3 for k = 0..6, P(0) = P(2) = 1/27 > 2.5 %
+    assert (r["mean_diff"], r["diff_ci_low"], r["diff_ci_high"], r["ci_level"]) == (1.0, 0.0, 2.0, 0.95)
+    r = win_rates([1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 2.0, 4.0, 4.05, 1.0])  # 2 wins, 1 tie, 2 losses
+    assert (r["n_decisive"], r["win_excl_ties"], r["sign_p"]) == (4, 0.5, 1.0)
+    assert (r["excl_ci_low"], r["excl_ci_high"]) == pytest.approx(wilson_interval(2, 4))
+    assert r["mean_diff"] == pytest.approx((1 + 0 - 1 - 0.05 + 4) / 5)
+    assert r["diff_ci_low"] < r["mean_diff"] < r["diff_ci_high"]
+    # 9 wins and 1 loss out of 12 (2 ties): the win share counts ties, the non-tied share does not
+    a, b = [1.0] * 9 + [0.0] + [5.0, 5.0], [0.0] * 9 + [1.0] + [5.0, 5.0]
+    r = win_rates(a, b)
+    assert r["win"] == 0.75 and r["win_excl_ties"] == 0.9 and r["sign_p"] == pytest.approx(0.021484375)
+    assert (r["excl_ci_low"], r["excl_ci_high"]) == pytest.approx(wilson_interval(9, 10))
+
+
+def test_win_rates_all_ties_and_no_prompts():
+    r = win_rates([1, 1], [1, 1])
+    assert r["win_excl_ties"] is None and r["sign_p"] == 1.0 and r["n_decisive"] == 0
+    assert (r["excl_ci_low"], r["excl_ci_high"]) == (0.0, 1.0)
+    assert (r["mean_diff"], r["diff_ci_low"], r["diff_ci_high"]) == (0.0, 0.0, 0.0)
+    r = win_rates([], [])
+    assert r["n"] == 0 and r["mean_diff"] is None and r["sign_p"] == 1.0
+
+
+def test_paired_comparison_counts_identical_text_ties():
+    a, b = [1.0, 1.0, 2.0, 3.0, 0.5], [1.0, 1.0, 1.0, 3.0, 0.0]
+    same = [True, False, True, True, False]  # ties at 0, 1, 3; identical text at 0, 2, 3
+    r = paired_comparison(a, b, identical=same)
+    assert r["n_identical_ties"] == 2  # prompts 0 and 3
+    assert {k: v for k, v in r.items() if k != "n_identical_ties"} == win_rates(a, b)
+    assert paired_comparison(a, b)["n_identical_ties"] is None
+    assert paired_comparison(a, b, tol=1.0, identical=same)["n_identical_ties"] == 3
+    with pytest.raises(ValueError, match="identical-text flags"):
+        paired_comparison(a, b, identical=[True])

@@ -1,4 +1,5 @@
-"""Tables (Table 2, Table 3, win rates, rewards), run-log readers, sweeps and figure files."""
+"""Tables (Table 2, Table 3, win rates with paired tests, the verdict sentence, rewards), run-log
+readers, sweeps and figure files."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import pytest
 from matplotlib.image import imread
 
 from molma.eval import plots
-from molma.eval.stats import win_rates
+from molma.eval.stats import paired_comparison, win_rates
 from molma.eval.sweep import analyse_fronts, read_sweep, sweep_from_result, write_sweep
 from molma.eval.tables import (
     format_win_rates,
     read_metrics,
     read_rm_records,
     read_run,
+    reward_table,
     rm_accuracy_table,
     training_time_table,
+    verdict_sentence,
+    win_rate_table,
 )
 
 from .fakerun import make_fake_run
@@ -42,6 +46,20 @@ def test_read_rm_records_accepts_rm_eval_rows(tmp_path):
     recs = read_rm_records([path])
     assert rm_accuracy_table(recs).rows == [["rm-help", "75.0", "75.0"]]
     assert rm_accuracy_table(recs).columns == ["reward model", "builtin:help", "Avg"]
+    # 30 correct of 40 pairs: Wilson centre (0.75 + 0.048020) / 1.09604 = 0.728094, half 0.130037
+    assert rm_accuracy_table(recs).notes[-1] == "rm-help: builtin:help 75.0 [59.8, 85.8] of 40 pairs."
+
+
+def test_rm_accuracy_table_pairs_and_wilson_intervals():
+    recs = [{"model": "RM-help", "benchmark": "HH", "accuracy": 0.608, "n": 1000},
+            {"model": "RM-help", "benchmark": "SHP", "accuracy": 0.616},
+            {"model": "RM-safe", "benchmark": "HH", "accuracy": 0.6, "n": 20, "correct": 12}]
+    t = rm_accuracy_table(recs)
+    assert t.rows == [["RM-help", "60.8", "61.6", "61.2"], ["RM-safe", "60.0", "-", "60.0"]]
+    # 608 of 1000: centre (0.608 + 0.0019208) / 1.0038416 = 0.607587, half 0.030204
+    assert t.notes[1] == "RM-help: HH 60.8 [57.7, 63.8] of 1000 pairs; SHP 61.6 (number of pairs not given)."
+    # 12 of 20: centre (0.6 + 0.04802) / 1.19208 = 0.543608, half 0.196937
+    assert t.notes[2] == "RM-safe: HH 60.0 [38.7, 78.1] of 20 pairs."
 
 
 def test_read_rm_records_validates(tmp_path):
@@ -81,6 +99,92 @@ def test_win_rate_text():
     assert lines[3].split()[:3] == ["ref", "66.7", "[20.8,"]  # Wilson(2, 3) = [0.208, 0.939]
     assert "0.0" in lines[3]
     assert format_win_rates({}, "molma") == "Win rates of molma: no other model evaluated"
+
+
+def test_win_rate_text_paired_columns_hand_values():
+    rates = {"ref": {"help": win_rates([2, 3, 1], [1, 1, 1]), "safe": win_rates([0, 0, 0], [1, 1, 1])}}
+    lines = format_win_rates(rates, "molma", ["help", "safe"]).splitlines()
+    assert lines[1].split() == ["vs", "help", "win", "%", "[95%", "CI]", "tie", "%", "loss", "%", "no-tie", "win",
+                                "%", "[CI]", "mean", "diff", "[95%", "CI]", "sign", "p"]
+    # help: 2 wins, 1 tie -> win 66.7 [Wilson(2, 3)], tie 33.3, loss 0.0, no-tie 100.0 [Wilson(2, 2)],
+    # mean difference +1.0 with bootstrap interval [0.0, 2.0], sign test p = 2 / 4 = 0.5
+    assert lines[3].split() == ["ref", "66.7", "[20.8,", "93.9]", "33.3", "0.0", "100.0", "[34.2,", "100.0]",
+                                "+1.0", "[0.0,", "2.0]", "0.500"]
+    assert lines[4] == ""  # a block per objective, the header repeated
+    assert "safe win % [95% CI]" in lines[5]
+    # safe: 3 losses -> no-tie win 0.0 [Wilson(0, 3)], constant difference -1, p = 2 / 8 = 0.25
+    assert lines[7].split() == ["ref", "0.0", "[0.0,", "56.2]", "0.0", "100.0", "0.0", "[0.0,", "56.2]",
+                                "-1.0", "[-1.0,", "-1.0]", "0.250"]
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_win_rate_table_fits_100_columns_and_reads_old_dicts():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.3, 1, 64)
+    names = ["ref", "so-help", "so-safe", "so-weighted", "so-piecewise", "gapo"]
+    rates = {m: {o: paired_comparison(a, rng.normal(0, 1, 64), identical=np.arange(64) < 0) for o in ("help", "safe")}
+             for m in names}
+    text = format_win_rates(rates, "molma", ["help", "safe"])
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "No tie comes from identical response text." in text
+    # the HTML/Markdown layout keeps the win share and its interval in two cells
+    table = win_rate_table(rates, "molma", ["help", "safe"])
+    assert table.columns[:3] == ["vs", "help win %", "95% CI"] and len(table.rows) == 12
+    assert "<th>safe win %</th>" in table.to_html() and "| **vs** | **safe win %** |" in table.to_markdown()
+    # a dict saved before the paired statistics existed: sign test and no-tie share from the counts
+    old = {k: v for k, v in win_rates([1] * 9 + [0], [0] * 9 + [1]).items()
+           if k in ("win", "tie", "loss", "n", "n_win", "n_tie", "n_loss", "ci_low", "ci_high")}
+    row = win_rate_table({"ref": {"help": old}}, "molma").rows[0]
+    assert row[1:3] == ["90.0", "[59.6, 98.2]"] and row[5] == "90.0 [59.6, 98.2]"
+    assert row[6:] == ["-", "0.021"]
+
+
+def _rates(n_win, n_tie, n_loss):
+    a = [1.0] * n_win + [0.0] * n_tie + [0.0] * n_loss
+    b = [0.0] * n_win + [0.0] * n_tie + [1.0] * n_loss
+    return win_rates(a, b)
+
+
+def test_verdict_sentence():
+    rates = {"ref": {"help": _rates(9, 2, 1), "safe": _rates(10, 2, 0)},  # p = 0.0215 and 0.00195
+             "so-safe": {"help": _rates(5, 2, 5), "safe": _rates(1, 2, 9)},  # lost on safe, p = 0.0215
+             "gapo": {"help": _rates(6, 4, 2), "safe": _rates(0, 12, 0)}}  # p = 0.289; all ties
+    assert verdict_sentence(rates, "molma", ["help", "safe"]) == (
+        "molma beat ref on help (90 % of non-tied prompts, p = 0.021) and safe (100 %, p = 0.002); lost to "
+        "so-safe on safe (won 10 % of non-tied prompts, p = 0.021); and showed no significant difference "
+        "from gapo at this scale [12 prompts; two-sided sign test on the non-tied prompts, "
+        "alpha = 0.05].")
+    # never a win when p >= alpha, even when p equals alpha exactly
+    for alpha in (0.01, 0.021484375):
+        text = verdict_sentence({"ref": {"help": _rates(9, 0, 1)}}, "molma", alpha=alpha)
+        assert "beat" not in text and "no significant difference from ref" in text
+    assert "beat ref" in verdict_sentence({"ref": {"help": _rates(9, 0, 1)}}, "molma", alpha=0.0215)
+    assert verdict_sentence({"a": {"h": _rates(3, 0, 3)}, "b": {"h": _rates(0, 6, 0)}}, "m") == (
+        "m showed no significant difference from a or b at this scale [6 prompts; two-sided sign test "
+        "on the non-tied prompts, alpha = 0.05].")
+    assert verdict_sentence({}, "molma") == "molma: no other model evaluated, so nothing to compare."
+    with pytest.raises(ValueError):
+        verdict_sentence(rates, "molma", alpha=0)
+
+
+def test_verdict_sentence_from_a_result():
+    from molma.eval.responses import ResponseRecord
+    from molma.eval.runner import compute_result
+
+    recs = [ResponseRecord(f"p{i}", "q", m, f"{m}{i}", scores={"help": float(m == "molma")})
+            for i in range(10) for m in ("molma", "ref")]
+    result = compute_result(recs, "molma")
+    assert verdict_sentence(result) == result.verdict() == (
+        "molma beat ref on help (100 % of non-tied prompts, p = 0.002) [10 prompts; two-sided sign test on "
+        "the non-tied prompts, alpha = 0.05].")
+    assert result.win_rate_text().endswith("alpha = 0.05].")
+
+
+def test_reward_table_kl_note():
+    t = reward_table([{"model": "m", "n": 2, "help/mean": 1.0, "help/median": 1.0, "kl": 0.25}], ["help"])
+    assert t.rows == [["m", "2", "1.000", "1.000", "0.250"]]
+    assert "k3" in t.notes[0] and "never negative" in t.notes[0]
+    assert reward_table([], ["help"], kl_note="from training").notes == ["from training"]
 
 
 def test_sweep_files_and_fronts(tmp_path):
@@ -131,3 +235,34 @@ def test_plots_write_readable_png_and_svg(tmp_path):
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
         assert img[..., :3].std() > 0.01  # something is drawn
         assert svg.read_text().lstrip().startswith("<?xml")
+
+
+def test_win_rate_figure_shows_win_tie_loss_and_readable_labels():
+    from matplotlib.patches import Rectangle
+
+    rng = np.random.default_rng(0)
+    a = {o: np.round(rng.normal(0.3, 1, 40), 1) for o in ("help", "safe")}
+    names = [f"so-weighted-w0.{i}" if i % 2 else f"m{i}" for i in range(15)]
+    rates = {m: {o: win_rates(a[o], np.round(rng.normal(0, 1, 40), 1)) for o in a} for m in names}
+    fig = plots.win_rate_figure(rates, "molma")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(bars) == 3 * 2 * 15  # win, tie and loss for each opponent and objective
+    for m, i in zip(names, range(15)):
+        for j, o in enumerate(("help", "safe")):
+            win, tie, loss = bars[j * 45 + i], bars[j * 45 + 15 + i], bars[j * 45 + 30 + i]
+            r = rates[m][o]
+            assert (win.get_y(), win.get_height()) == pytest.approx((0, 100 * r["win"]))
+            assert (tie.get_y(), tie.get_height()) == pytest.approx((100 * r["win"], 100 * r["tie"]))
+            # losses drawn down from the top, so they are visible, not implied
+            assert (loss.get_y() + loss.get_height(), loss.get_height()) == pytest.approx((100, 100 * r["loss"]))
+    # diamonds at the win share among non-tied prompts
+    markers = [line for line in ax.lines if line.get_marker() == "D"]
+    assert len(markers) == 2
+    assert markers[0].get_ydata() == pytest.approx([100 * rates[m]["help"]["win_excl_ties"] for m in names])
+    # tick labels rotated and not overlapping
+    labels = ax.get_xticklabels()
+    assert all(lab.get_rotation() > 20 for lab in labels)
+    boxes = [lab.get_window_extent() for lab in labels]
+    assert not any(b1.overlaps(b2) for b1, b2 in zip(boxes, boxes[1:]))

@@ -137,3 +137,46 @@ def test_model_based_and_json_has_no_nan() -> None:
     text = json.dumps(results_to_dict(res), allow_nan=False)  # raises on NaN/inf
     assert not math.isnan(len(text))
     assert json.loads(text)["win_rates"]["help"][0]["win_rate"] is None
+
+
+def test_pair_result_intervals_and_sign_test() -> None:
+    from molma.eval.stats import wilson_interval
+    from molma.humaneval.analysis import PairResult
+
+    p = PairResult("help", "a", "b", wins=9, ties=2, losses=1)
+    assert p.win_rate == 0.75 and p.win_excl_ties == 0.9 and p.n_decisive == 10
+    assert p.win_ci == pytest.approx(wilson_interval(9, 12))
+    # Wilson(9, 10): centre (0.9 + 0.19208) / 1.38416 = 0.788984, half 1.416021 * sqrt(0.018604) = 0.193140
+    assert p.excl_ci == pytest.approx((0.595844, 0.982124), abs=1e-6)
+    assert p.sign_p == pytest.approx(0.021484375)  # 2 * 11 / 1024
+    d = p.to_dict()
+    assert (d["win_ci_low"], d["win_ci_high"]) == pytest.approx(wilson_interval(9, 12))
+    assert (d["win_excl_ties"], d["sign_p"]) == (0.9, pytest.approx(0.021484375))
+    empty = PairResult("help", "a", "b", 0, 0, 0).to_dict()
+    assert (empty["win_ci_low"], empty["win_excl_ties"], empty["excl_ci_low"], empty["sign_p"]) == (
+        None, None, None, 1.0)
+    ties = PairResult("help", "a", "b", 0, 3, 0)
+    assert ties.win_excl_ties is None and ties.sign_p == 1.0 and ties.to_dict()["win_ci_low"] == 0.0
+
+
+def test_win_rates_csv_and_summary_show_intervals() -> None:
+    from molma.humaneval.analysis import summary_text, win_rates_csv
+
+    ratings = []
+    for i in range(6):  # a is ranked first on every prompt by the one evaluator
+        ratings += _rank("e1", f"p{i}", "help", a=1, b=2, c=3)
+    res = compute_results(_data(ratings, prompts=tuple(f"p{i}" for i in range(6))))
+    lines = win_rates_csv(res).splitlines()
+    header = lines[0].split(",")
+    assert header[:8] == ["objective", "model", "opponent", "wins", "ties", "losses", "n_prompts", "win_rate"]
+    assert header[-7:] == ["win_ci_low", "win_ci_high", "win_excl_ties", "excl_ci_low", "excl_ci_high", "sign_p",
+                           "model_based_sign_p"]
+    row = dict(zip(header, next(line.split(",") for line in lines if line.startswith("help,a,b,"))))
+    # 6 of 6: Wilson centre (1 + 0.32013) / 1.64027 = 0.804834, half 0.195166; p = 2 / 64
+    assert float(row["win_ci_low"]) == pytest.approx(0.609666, abs=1e-5) and float(row["win_ci_high"]) == 1.0
+    assert float(row["sign_p"]) == pytest.approx(0.03125) and row["model_based_sign_p"] == ""
+    text = summary_text(res, "a")
+    line = next(x for x in text.splitlines() if x.strip().startswith("b "))
+    assert line.split() == ["b", "100.0%", "0.0%", "0.0%", "6", "[61.0%,", "100.0%]", "100.0%", "[61.0%,",
+                            "100.0%]", "0.031", "-"]
+    assert "sign p" in text and "no-tie win" in text

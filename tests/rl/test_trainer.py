@@ -135,3 +135,23 @@ def test_config_validation_messages():
         TrainConfig(experience_size=4, minibatch_size=8)
     with pytest.raises(ValueError, match="prompt_mix proportions must sum to 1"):
         TrainConfig(prompt_mix={"help": 0.5, "safe": 0.4})
+
+
+def test_rl_switches_dropout_off(tmp_path):
+    """Dropout is off in policy (adapters included), reference and critic: two forwards of the same
+    tokens in train mode give the same log-probabilities (issue: APA's residual started as dropout noise)."""
+    from molma.models import LoraSettings, tiny_llama
+    from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
+
+    model, tok = tiny_llama(seed=0, attention_dropout=0.5)
+    model.config.attention_dropout = 0.5
+    trainer = MultiObjectiveTrainer(
+        _config(tmp_path, "molma", lora=LoraSettings(r=2, alpha=4, dropout=0.3), iterations=1,
+                experience_size=4, minibatch_size=4),
+        policy=model, tokenizer=tok, objectives=toy.objectives(), prompt_pools=toy.pools())
+    batch, _ = generate(trainer.policy, tok, ["hi", "hello"], GenerationSettings(max_new_tokens=4), seed=0)
+    trainer.policy.train()
+    a, _ = sequence_logprobs(trainer.policy, batch)
+    b, _ = sequence_logprobs(trainer.policy, batch)
+    assert torch.equal(a, b)
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in trainer.policy.modules())

@@ -1,0 +1,28 @@
+"""``molma experiment``: judges, every method, sweeps, evaluation and report in one resumable command
+(see :mod:`molma.experiment`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "experiment", help="run the whole comparison (judges, methods, sweeps, evaluation, report), resumably",
+        description="Run an experiment config: prompt pools, RMhelp/RMsafe, every RL method and sweep, "
+                    "evaluation on held-out prompts with paired tests, and the report. Finished stages are "
+                    "reused (keyed by a hash of their settings); rerun the same command to resume.",
+        epilog="example:\n  molma experiment --config configs/cpu/experiment.yaml\n"
+               "  molma experiment --config configs/cpu/experiment.yaml workers=2 eval_prompts=64",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/cpu/experiment.yaml", help="experiment config (YAML)")
+    p.add_argument("--out", default=None, help="output folder (default: from the config)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (see molma.experiment.ExperimentConfig)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from molma.experiment import run_experiment
+
+    run_experiment(args.config, args.overrides, out=args.out)
+    return 0

@@ -1,0 +1,527 @@
+"""The experiment pipeline (``molma experiment`` and ``molma demo``): judges, RL runs, evaluation, report.
+
+Stages, each cached under ``OUT/`` and keyed by a hash of its settings and of the stages it uses (a second
+run with the same config reuses finished stages; a changed setting reruns that stage and those after it;
+a killed run resumes at the first unfinished stage):
+
+1. ``data/``     prompt pools written as JSONL: train / validation / held-out per pool. With ``hh_data``
+                 the safety pool is the real HH-RLHF red-teaming first turns, split by dialogue
+                 (:mod:`molma.data.hh`): the held-out prompts are the first turns of the dialogues the
+                 safety judge is validated on, so the policy never trains on a prompt the evaluation uses.
+                 ``validation`` prompts are set aside from training for choosing settings.
+2. ``rm/``       RMhelp (builtin pairs: no real helpfulness preference data is reachable offline) and
+                 RMsafe (real HH-RLHF pairs of the train dialogues, or builtin pairs); Table 2 on every
+                 held-out set, with the number of pairs.
+3. ``runs/``     every method (seed ``seed``), extra seeds of some methods, the SO-weighted weight sweep
+                 (Fig. 4) and the preference sweeps (Pareto fronts); ``workers`` runs them in parallel.
+4. ``eval/``     every policy and the reference answer the same held-out prompts with the same seed; both
+                 judges score them; KL to the reference.
+5. ``report/``   HTML + Markdown report; ``evidence.json`` with every paired comparison; the printed table
+                 and a one-sentence verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import molma
+from molma.config import check_range, from_dict, load_config, to_dict
+
+log = logging.getLogger(__name__)
+
+POOLS = ("help", "safe")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment (see the module docstring); ``configs/demo.yaml`` and ``configs/cpu/experiment.yaml``
+    are two sizes of it."""
+
+    out: str = "outputs/experiment"
+    title: str = "molma experiment: MOLMA vs baselines"
+    model: str = "smollm2-135m-instruct"
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 where the hardware has it), every stage
+    workers: int = 1  # RL runs trained at the same time (separate processes, `threads` each)
+    # --- data
+    hh_data: str | None = None  # HH-RLHF harmless-base file: RMsafe's pairs and the safety prompts
+    hh_data_required: bool = True  # false: when hh_data is missing, warn and use the builtin safety data
+    hh_validation_fraction: float = 0.2  # dialogues (grouped by first turn) held out from RMsafe and RL
+    hh_max_train_pairs: int | None = None  # use at most this many train-dialogue pairs for RMsafe
+    help_prompts: str = "builtin:help"  # training pool of helpfulness prompts
+    help_eval_prompts: str | None = None  # held-out helpfulness prompts (None: a share of help_prompts)
+    prompt_heldout_fraction: float = 0.2  # of a pool without its own held-out source
+    prompt_validation_fraction: float = 0.1  # of the training prompts, never trained on (for choosing settings)
+    # --- reward models: RewardTrainConfig overrides (rm: both; rm_help / rm_safe: one)
+    rm: dict[str, Any] = field(default_factory=dict)
+    rm_help: dict[str, Any] = field(default_factory=dict)
+    rm_safe: dict[str, Any] = field(default_factory=dict)
+    rm_heldout_fraction: float = 0.2  # builtin pairs kept out of RM training, for Table 2
+    rm_benchmarks: dict[str, str] = field(default_factory=dict)  # extra "label: data spec" for Table 2
+    # --- RL: TrainConfig overrides shared by every run
+    train: dict[str, Any] = field(default_factory=dict)
+    algos: list[str] = field(default_factory=lambda: ["molma", "so-help", "so-safe", "so-weighted",
+                                                      "so-piecewise", "gapo"])
+    extra_seeds: dict[str, list[int]] = field(default_factory=dict)  # e.g. {molma: [1], so-weighted: [1]}
+    sweep_weights: list[float] = field(default_factory=lambda: [0.25, 0.75])  # SO-weighted, Fig. 4
+    pareto_algos: list[str] = field(default_factory=lambda: ["pgapo", "molma"])
+    pareto_weights: list[float] = field(default_factory=lambda: [0.25, 0.75])
+    sweep_iterations: int | None = None  # iterations of sweep runs (None: as the main runs)
+    # --- evaluation
+    eval_prompts: int = 24  # held-out prompts, split evenly between the pools
+    eval_max_new_tokens: int = 32
+    eval_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        check_range("hh_validation_fraction", self.hh_validation_fraction, low=0.0, high=1.0, low_open=True,
+                    high_open=True)
+        check_range("prompt_heldout_fraction", self.prompt_heldout_fraction, low=0.0, high=1.0, low_open=True,
+                    high_open=True)
+        check_range("prompt_validation_fraction", self.prompt_validation_fraction, low=0.0, high=1.0,
+                    high_open=True)
+        check_range("rm_heldout_fraction", self.rm_heldout_fraction, low=0.0, high=1.0, low_open=True,
+                    high_open=True)
+        check_range("eval_prompts", self.eval_prompts, low=2)
+        check_range("eval_max_new_tokens", self.eval_max_new_tokens, low=1)
+        check_range("eval_batch_size", self.eval_batch_size, low=1)
+        check_range("workers", self.workers, low=1)
+        if self.threads is not None:
+            check_range("threads", self.threads, low=1)
+        if self.hh_max_train_pairs is not None:
+            check_range("hh_max_train_pairs", self.hh_max_train_pairs, low=2)
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        for w in [*self.sweep_weights, *self.pareto_weights]:
+            check_range("sweep/pareto weight", w, low=0.0, high=1.0, low_open=True, high_open=True)
+        if "molma" not in self.algos:
+            raise ValueError("algos must include 'molma' (the win rates are MOLMA's against the others)")
+        unknown = set(self.extra_seeds) - set(self.algos)
+        if unknown:
+            raise ValueError(f"extra_seeds names {sorted(unknown)}, which are not in algos {self.algos}")
+        for algo, seeds in self.extra_seeds.items():
+            if self.seed in seeds:
+                raise ValueError(f"extra_seeds[{algo}] repeats the main seed {self.seed}")
+
+
+def _hash(*parts: Any) -> str:
+    blob = json.dumps([molma.__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_key(spec: str | None) -> Any:
+    """A cache key for a data source: a file's path, size and modification time; other specs as they are."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    if path.is_file():
+        stat = path.stat()
+        return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
+    return spec
+
+
+class Stages:
+    """Content-addressed stage cache: ``ROOT/.stages/<stage>.json`` records the key of a finished stage
+    (a hash of its settings and of its inputs' keys) and its time; the same key means reuse."""
+
+    def __init__(self, root: Path, label: str = "demo") -> None:
+        self.markers = root / ".stages"
+        self.label = label
+        self.timings: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    def _marker(self, name: str) -> Path:
+        return self.markers / (name.replace(" ", "-").replace("/", "_") + ".json")
+
+    def is_done(self, name: str, folder: Path, key: str) -> bool:
+        marker = self._marker(name)
+        return marker.exists() and folder.exists() and json.loads(marker.read_text()).get("key") == key
+
+    def mark_done(self, name: str, folder: Path, key: str, seconds: float) -> None:
+        self.markers.mkdir(parents=True, exist_ok=True)
+        from molma.atomic import write_text_atomic
+
+        write_text_atomic(self._marker(name), json.dumps({"key": key, "seconds": seconds, "folder": str(folder)}))
+        self.timings[name] = seconds
+        print(f"[{self.label}] {name}: done in {seconds:.0f} s", flush=True)
+
+    def reuse(self, name: str, folder: Path) -> None:
+        self.reused.append(name)
+        self.timings[name] = json.loads(self._marker(name).read_text()).get("seconds", 0.0)
+        log.info("stage %s: reusing %s (same config)", name, folder)
+        print(f"[{self.label}] {name}: reused ({folder})", flush=True)
+
+    def run(self, name: str, folder: Path, key: str, fn: Callable[[], Any]) -> None:
+        if self.is_done(name, folder, key):
+            self.reuse(name, folder)
+            return
+        print(f"[{self.label}] {name}: running ...", flush=True)
+        t0 = time.perf_counter()
+        fn()
+        self.mark_done(name, folder, key, round(time.perf_counter() - t0, 1))
+
+
+# ------------------------------------------------------------------------------------------ 1. data
+def _prepare_data(cfg: ExperimentConfig, out: Path) -> None:
+    """Write the prompt pools (``<pool>-{train,validation,heldout}.jsonl``) and ``data.json``."""
+    from molma.data.hh import normalise_prompt, read_hh_split, write_prompts
+    from molma.data.mixing import split_records
+    from molma.rl.prompts import load_pool
+
+    pools: dict[str, dict[str, list]] = {}
+    info: dict[str, Any] = {}
+    # helpfulness: a training pool, held-out prompts from their own source or a share of it
+    help_pool = load_pool(cfg.help_prompts, "help")
+    if cfg.help_eval_prompts:
+        help_train, help_heldout = help_pool, load_pool(cfg.help_eval_prompts, "help")
+    else:
+        help_train, help_heldout, _ = split_records(help_pool, (1 - cfg.prompt_heldout_fraction,
+                                                                cfg.prompt_heldout_fraction, 0.0), seed=cfg.seed)
+    pools["help"] = {"train": help_train, "heldout": help_heldout}
+    info["help"] = {"source": cfg.help_prompts, "heldout_source": cfg.help_eval_prompts or "share of source"}
+    # safety: real HH red-teaming first turns split by dialogue, or the builtin pool
+    if cfg.hh_data:
+        split = read_hh_split(cfg.hh_data, cfg.hh_validation_fraction, seed=cfg.seed)
+        pools["safe"] = {"train": split.train_prompts, "heldout": split.heldout_prompts}
+        info["safe"] = {"source": cfg.hh_data, "split": "HH dialogues grouped by first Human turn",
+                        "rm_train_pairs": len(split.train_pairs), "rm_validation_pairs": len(split.validation_pairs),
+                        "pairs_with_empty_reply_left_out": split.dropped}
+    else:
+        safe_pool = load_pool("builtin:safe", "safe")
+        tr, ho, _ = split_records(safe_pool, (1 - cfg.prompt_heldout_fraction, cfg.prompt_heldout_fraction, 0.0),
+                                  seed=cfg.seed)
+        pools["safe"] = {"train": tr, "heldout": ho}
+        info["safe"] = {"source": "builtin:safe", "heldout_source": "share of source"}
+    for tag, parts in pools.items():
+        # drop held-out texts from training (two sources may share a prompt), then set validation aside
+        heldout_keys = {normalise_prompt(p.text) for p in parts["heldout"]}
+        train = [p for p in parts["train"] if normalise_prompt(p.text) not in heldout_keys]
+        leaked = len(parts["train"]) - len(train)
+        if cfg.prompt_validation_fraction > 0:
+            train, validation, _ = split_records(train, (1 - cfg.prompt_validation_fraction,
+                                                         cfg.prompt_validation_fraction, 0.0), seed=cfg.seed + 1)
+        else:
+            validation = []
+        for part, prompts in (("train", train), ("validation", validation), ("heldout", parts["heldout"])):
+            write_prompts(out / f"{tag}-{part}.jsonl", [p.__class__(p.text, tag, p.source) for p in prompts])
+        info[tag].update({"train": len(train), "validation": len(validation), "heldout": len(parts["heldout"]),
+                          "removed_from_train_as_heldout": leaked})
+        if not train:
+            raise ValueError(f"prompt pool {tag!r}: no training prompts left")
+    (out / "data.json").write_text(json.dumps(info, indent=2))
+
+
+def _eval_prompts(cfg: ExperimentConfig, data_dir: Path) -> list:
+    """``eval_prompts`` held-out prompts, split evenly between the pools, evenly spaced in each file."""
+    from molma.rl.prompts import load_pool
+
+    chosen = []
+    per_pool = cfg.eval_prompts // len(POOLS)
+    for tag in POOLS:
+        pool = load_pool(str(data_dir / f"{tag}-heldout.jsonl"), tag)
+        if len(pool) < per_pool:
+            raise ValueError(f"only {len(pool)} held-out {tag} prompts for eval_prompts={cfg.eval_prompts} "
+                             f"({per_pool} per pool)")
+        step = len(pool) / per_pool
+        chosen += [pool[int(i * step)] for i in range(per_pool)]
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ 2. judges
+def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
+    from molma.data import load_builtin_preferences, split_records
+    from molma.rewards import (
+        RewardModel,
+        RewardTrainConfig,
+        evaluate_reward_model,
+        format_table,
+        train_reward_model,
+    )
+    from molma.rewards.evaluate import write_results
+
+    heldout_sets: dict[str, list] = {}
+    train_sets: dict[str, list] = {}
+    for objective in POOLS:
+        pairs = load_builtin_preferences(objective)
+        tr, ho, _ = split_records(pairs, (1 - cfg.rm_heldout_fraction, cfg.rm_heldout_fraction, 0.0),
+                                  seed=cfg.seed)
+        train_sets[objective] = tr
+        heldout_sets[f"builtin-{objective} (held out)"] = ho
+    if cfg.hh_data:
+        from molma.data.hh import read_hh_split
+
+        split = read_hh_split(cfg.hh_data, cfg.hh_validation_fraction, seed=cfg.seed)
+        train_sets["safe"] = split.train_pairs[: cfg.hh_max_train_pairs]
+        heldout_sets["HH-RLHF harmless (validation dialogues)"] = split.validation_pairs
+    rows = []
+    for objective in POOLS:
+        overrides = {**cfg.rm, **(cfg.rm_help if objective == "help" else cfg.rm_safe)}
+        rm_cfg = from_dict(RewardTrainConfig, {"objective": objective, "base": cfg.model, "seed": cfg.seed,
+                                               "precision": cfg.precision,
+                                               "output_dir": str(out / f"rm-{objective}"), **overrides},
+                           source=f"experiment config: rm_{objective}")
+        path = train_reward_model(rm_cfg, pairs=train_sets[objective])
+        # scored as trained: same context length; forwards in the run's precision, the score head in float32
+        judge = RewardModel.from_pretrained(path, name=objective, max_length=rm_cfg.max_length,
+                                            precision=cfg.precision)
+        for label, data in heldout_sets.items():
+            row = evaluate_reward_model(judge, data)
+            rows.append({**row, "model": f"RM{objective}", "data": label, "trained_pairs": len(train_sets[objective]),
+                         "train_data": ("HH-RLHF harmless (train dialogues)" if objective == "safe" and cfg.hh_data
+                                        else f"builtin-{objective} (train split)")})
+        for label, spec in cfg.rm_benchmarks.items():
+            from molma.rewards import load_pairs
+
+            row = evaluate_reward_model(judge, load_pairs(spec, objective=objective))
+            rows.append({**row, "model": f"RM{objective}", "data": label})
+    write_results(rows, out)
+    print(format_table(rows), flush=True)
+
+
+# ------------------------------------------------------------------------------------------ 3. RL runs
+@dataclass
+class RunSpec:
+    algo: str
+    importance: list[float] | None = None
+    iterations: int | None = None
+    seed: int | None = None
+
+
+def plan_runs(cfg: ExperimentConfig) -> tuple[dict[str, RunSpec], dict[str, list[float]],
+                                              dict[str, dict[str, list[float]]]]:
+    """Every RL run by name, the SO-weighted sweep members and the preference-sweep fronts."""
+    runs: dict[str, RunSpec] = {a: RunSpec(a) for a in cfg.algos}
+    for algo, seeds in cfg.extra_seeds.items():
+        for s in seeds:
+            runs[f"{algo}-s{s}"] = RunSpec(algo, seed=s)
+    sweep: dict[str, list[float]] = {}
+    for w in cfg.sweep_weights:
+        name = "so-weighted" if abs(w - 0.5) < 1e-9 and "so-weighted" in runs else f"so-weighted-w{w:g}"
+        runs.setdefault(name, RunSpec("so-weighted", [w, 1 - w], cfg.sweep_iterations))
+        sweep[name] = [w, 1 - w]
+    pareto: dict[str, dict[str, list[float]]] = {}
+    for algo in cfg.pareto_algos:
+        for w in cfg.pareto_weights:
+            name = algo if abs(w - 0.5) < 1e-9 and algo in runs else f"{algo}-w{w:g}"
+            runs.setdefault(name, RunSpec(algo, [w, 1 - w], cfg.sweep_iterations))
+            pareto.setdefault(algo, {})[name] = [w, 1 - w]
+        if algo in runs:  # the equal-weight run is the middle point of the front
+            pareto.setdefault(algo, {})[algo] = [0.5, 0.5]
+    if "so-weighted" in runs and sweep:
+        sweep.setdefault("so-weighted", [0.5, 0.5])
+    return runs, sweep, pareto
+
+
+def _train_settings(cfg: ExperimentConfig, rm_dir: Path, data_dir: Path, spec: RunSpec, out: Path) -> dict:
+    settings = {"model": cfg.model, "seed": cfg.seed, "precision": cfg.precision, **cfg.train,
+                "algo": spec.algo, "out": str(out),
+                "objectives": {"help": str(rm_dir / "rm-help"), "safe": str(rm_dir / "rm-safe")},
+                "prompts": {tag: str(data_dir / f"{tag}-train.jsonl") for tag in POOLS},
+                "heldout_fraction": 0.0, "progress": cfg.workers == 1}
+    if spec.importance is not None:
+        settings["importance"] = spec.importance
+    if spec.iterations is not None:
+        settings["iterations"] = spec.iterations
+    if spec.seed is not None:
+        settings["seed"] = spec.seed
+    return settings
+
+
+def _train_run(settings: dict, threads: int | None) -> float:
+    """One RL run (also the body of a worker process); returns its wall time."""
+    from molma.rl import MultiObjectiveTrainer, TrainConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.perf_counter()
+    train_cfg = from_dict(TrainConfig, settings, source=f"experiment config: train ({settings['algo']})")
+    MultiObjectiveTrainer(train_cfg).train()
+    return time.perf_counter() - t0
+
+
+def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, str, dict]]) -> None:
+    """Train every run not finished yet: in this process, or ``workers`` at a time in worker processes."""
+    todo = {}
+    for name, (folder, key, settings) in jobs.items():
+        if stages.is_done(f"train {name}", folder, key):
+            stages.reuse(f"train {name}", folder)
+        else:
+            todo[name] = (folder, key, settings)
+    if cfg.workers == 1 or len(todo) <= 1:
+        for name, (folder, key, settings) in todo.items():
+            print(f"[{stages.label}] train {name}: running ...", flush=True)
+            seconds = _train_run(settings, None)
+            stages.mark_done(f"train {name}", folder, key, round(seconds, 1))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    print(f"[{stages.label}] training {len(todo)} runs, {cfg.workers} at a time: {', '.join(todo)}", flush=True)
+    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_run, settings, cfg.threads): name for name, (_, _, settings) in todo.items()}
+        for future in as_completed(futures):
+            name = futures[future]
+            seconds = future.result()  # a failed run raises here, after the finished ones were marked
+            folder, key, _ = todo[name]
+            stages.mark_done(f"train {name}", folder, key, round(seconds, 1))
+
+
+# ------------------------------------------------------------------------------------------ 4. evaluation
+def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, runs: dict[str, RunSpec],
+              sweep: dict[str, list[float]], pareto: dict[str, dict[str, list[float]]]) -> None:
+    from molma.eval import EvalConfig, evaluate_models, sweep_from_result, write_sweep
+    from molma.rewards import RewardModel
+    from molma.rl import load_policy
+
+    prompts = _eval_prompts(cfg, data_dir)
+    models = {"ref": cfg.model, **{name: str(root / "runs" / name / "final") for name in runs}}
+    objectives = [RewardModel.from_pretrained(rm_dir / "rm-help", name="help", precision=cfg.precision),
+                  RewardModel.from_pretrained(rm_dir / "rm-safe", name="safe", precision=cfg.precision)]
+
+    def loader(spec: str):
+        return load_policy(spec) if spec != cfg.model else _load_reference(cfg.model)
+
+    ecfg = EvalConfig(max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
+                      versus="molma", kl_reference="ref", resume=True, precision=cfg.precision)
+    result = evaluate_models(models, prompts, objectives, ecfg, out_dir=root / "eval", loader=loader)
+    if sweep:
+        write_sweep(root / "sweep" / "so-weighted.json",
+                    sweep_from_result(result, sweep, "SO-weighted", versus="molma", baseline="molma",
+                                      baseline_weights=[0.5, 0.5]))
+    for algo, members in pareto.items():
+        write_sweep(root / "pareto" / f"{algo}.json",
+                    sweep_from_result(result, members, algo.upper() if algo != "molma" else "MOLMA",
+                                      versus=None, baseline=None))
+
+
+def _load_reference(name: str):
+    from molma.models import load_model
+
+    model, tok = load_model(name)
+    return model.eval(), tok
+
+
+# ------------------------------------------------------------------------------------------ 5. evidence
+def evidence(result, runs: dict[str, RunSpec], reference: str = "ref") -> dict:
+    """Every model against the reference and MOLMA against every model, per objective, with the paired
+    statistics of :func:`molma.eval.stats.paired_comparison`; mean rewards and KL per model."""
+    from molma.eval.stats import paired_comparison
+
+    out: dict[str, Any] = {"n_prompts": len(result.prompt_ids), "objectives": result.objectives,
+                           "models": {}, "vs_reference": {}, "molma_vs": {}}
+    text = {(r.model, r.prompt_id): r.response for r in result.records}
+
+    def compare(a: str, b: str, objective: str) -> dict:
+        same = [text.get((a, pid)) == text.get((b, pid)) for pid in result.prompt_ids]
+        return paired_comparison(result.scores[a][objective], result.scores[b][objective], identical=same)
+
+    for m in result.models:
+        out["models"][m] = {"algo": runs[m].algo if m in runs else "reference",
+                            "seed": (runs[m].seed if m in runs else None),
+                            "importance": runs[m].importance if m in runs else None,
+                            "kl": result.kl.get(m),
+                            **{f"{o}/mean": float(result.scores[m][o].mean()) for o in result.objectives}}
+    for m in result.models:
+        if m != reference:
+            out["vs_reference"][m] = {o: compare(m, reference, o) for o in result.objectives}
+        if m != "molma":
+            out["molma_vs"][m] = {o: compare("molma", m, o) for o in result.objectives}
+    return out
+
+
+def run_experiment(config_path: str | None, overrides=(), out: str | None = None,
+                   config_class: type = ExperimentConfig, label: str = "experiment") -> Path:
+    cfg = load_config(config_class, config_path, overrides)
+    if out:
+        cfg.out = out
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.hh_data and not Path(cfg.hh_data).is_file():
+        if cfg.hh_data_required:
+            raise FileNotFoundError(f"{config_path or 'config'}: hh_data: no such file {cfg.hh_data} (the HH-RLHF "
+                                    "harmless-base file; set hh_data_required: false to fall back to builtin data)")
+        log.warning("hh_data %s not found: the safety judge and prompts fall back to the builtin data",
+                    cfg.hh_data)
+        print(f"[{label}] WARNING: {cfg.hh_data} not found; using the builtin safety pairs and prompts", flush=True)
+        cfg.hh_data = None
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    stages = Stages(root, label)
+    from molma.models import resolve_model_path
+    from molma.models.precision import resolve_precision
+
+    print(f"[{label}] model: {cfg.model} -> {resolve_model_path(cfg.model)}; precision "
+          f"{resolve_precision(cfg.precision)} ({cfg.precision})", flush=True)
+
+    # 1. data
+    data_dir = root / "data"
+    data_key = _hash("data", cfg.seed, _file_key(cfg.hh_data), cfg.hh_validation_fraction,
+                     _file_key(cfg.help_prompts), _file_key(cfg.help_eval_prompts), cfg.prompt_heldout_fraction,
+                     cfg.prompt_validation_fraction)
+    stages.run("data", data_dir, data_key, lambda: _prepare_data(cfg, data_dir))
+
+    # 2. reward models
+    rm_dir = root / "rm"
+    rm_key = _hash("rm", data_key, cfg.model, cfg.seed, cfg.precision, cfg.rm, cfg.rm_help, cfg.rm_safe,
+                   cfg.rm_heldout_fraction, cfg.rm_benchmarks, cfg.hh_max_train_pairs)
+    stages.run("reward models", rm_dir, rm_key, lambda: _train_rms(cfg, rm_dir))
+
+    # 3. RL runs
+    runs, sweep, pareto = plan_runs(cfg)
+    jobs = {}
+    for name, spec in runs.items():
+        folder = root / "runs" / name
+        settings = _train_settings(cfg, rm_dir, data_dir, spec, folder)
+        jobs[name] = (folder, _hash("run", rm_key, data_key, {k: v for k, v in settings.items() if k != "progress"}),
+                      settings)
+    _run_all(cfg, stages, jobs)
+
+    # 4. evaluation
+    eval_dir = root / "eval"
+    eval_key = _hash("eval", {n: k for n, (_, k, _) in jobs.items()}, cfg.eval_prompts, cfg.eval_max_new_tokens,
+                     cfg.eval_batch_size, cfg.seed, cfg.precision)
+    stages.run("evaluation", eval_dir, eval_key,
+               lambda: _evaluate(cfg, root, rm_dir, data_dir, runs, sweep, pareto))
+
+    # 5. evidence and report
+    from molma.eval import build_report, load_result
+    from molma.eval.tables import verdict_sentence
+
+    result = load_result(eval_dir, versus="molma")
+    facts = evidence(result, runs)
+    meta = {"config": to_dict(cfg), "stage_seconds": stages.timings, "reused_stages": stages.reused,
+            "wall_time_s": round(time.perf_counter() - t_start, 1),
+            "stage_seconds_total": round(sum(stages.timings.values()), 1),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "precision": resolve_precision(cfg.precision), "molma": molma.__version__}
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(root / "evidence.json", json.dumps({"meta": meta, **facts}, indent=2, default=float))
+    write_text_atomic(root / f"{label}.json", json.dumps(meta, indent=2))
+    import yaml
+
+    write_text_atomic(root / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    report = build_report(root, title=cfg.title)
+    print(f"\nMOLMA against each model ({len(result.prompt_ids)} held-out prompts, judged by RMhelp / RMsafe; "
+          "RMhelp is trained on builtin pairs):")
+    print(result.win_rate_text())
+    print(f"\n{label} wall time: {time.perf_counter() - t_start:.0f} s (stages: "
+          + ", ".join(f"{k} {v:.0f}s" for k, v in stages.timings.items()) + ")")
+    html = getattr(report, "html", None) or (root / "report" / "report.html")
+    print(f"report: {Path(html).resolve()}")
+    print(f"outputs: {root.resolve()}")
+    print("\n" + verdict_sentence(result, "molma", result.objectives))
+    return root

@@ -1,0 +1,116 @@
+"""Mixed precision: ``precision: auto | fp32 | bf16 | fp16`` for every model forward in molma.
+
+Mixed precision, not a cast: parameters (and AdamW's state) stay float32; the forwards run under
+``torch.autocast`` in bf16 / fp16; the output layers (the LM head that gives token logits, a reward
+model's score head) run in float32 so log-softmax, token log-probabilities and scores keep float32
+resolution (a bf16 logit of magnitude 20 is only resolved to 0.125). Losses, advantages and whitening
+are computed outside the autocast region in float32; the gradient engine's Gramian stays float64.
+
+``auto`` picks bf16 where the hardware has it (a CUDA GPU with bf16, a CPU with AMX-BF16 or
+AVX-512-BF16), else fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX-BF16 or AVX-512-BF16), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``auto`` -> ``bf16`` where ``device`` supports it, else ``fp32``; other values are checked and
+    returned as they are."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - parameterless module
+        return torch.device("cpu")
+
+
+def output_layers(model: nn.Module) -> list[nn.Linear]:
+    """The layers whose outputs are read as numbers: the LM head and a classification ``score`` head.
+
+    A peft model is unwrapped to its base model (adapters live inside the decoder, not in these)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers: list[nn.Linear] = []
+    get_head = getattr(base, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if isinstance(head, nn.Linear):
+        layers.append(head)
+    for name in ("score", "classifier"):
+        layer = getattr(base, name, None)
+        if isinstance(layer, nn.Linear) and layer not in layers:
+            layers.append(layer)
+        # peft wraps a trainable score head as ModulesToSaveWrapper: its active copy is what runs
+        elif layer is not None and isinstance(getattr(layer, "original_module", None), nn.Linear):
+            layers.extend(m for m in layer.modules() if isinstance(m, nn.Linear) and m not in layers)
+    return layers
+
+
+@contextlib.contextmanager
+def _float32_outputs(layers: list[nn.Linear]) -> Iterator[None]:
+    """Temporarily run ``layers`` in float32 with autocast off (inputs upcast). Gradients still flow
+    to the float32 weights, so this works in training forwards too."""
+    patched = []
+    for layer in layers:
+        if "forward" in layer.__dict__:  # already patched by an enclosing context
+            continue
+
+        def forward(x: torch.Tensor, _layer: nn.Linear = layer) -> torch.Tensor:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                bias = None if _layer.bias is None else _layer.bias.float()
+                return F.linear(x.float(), _layer.weight.float(), bias)
+
+        layer.forward = forward
+        patched.append(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
+@contextlib.contextmanager
+def autocast(model: nn.Module, precision: str) -> Iterator[None]:
+    """Run forwards of ``model`` (and anything else called inside) in ``precision`` (already resolved:
+    fp32 / bf16 / fp16), with ``model``'s output layers in float32. fp32 is a no-op."""
+    if precision == "auto":
+        precision = resolve_precision(precision, _device_of(model))
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        yield
+        return
+    device = _device_of(model)
+    with torch.autocast(device_type=device.type, dtype=DTYPES[precision]), _float32_outputs(output_layers(model)):
+        yield

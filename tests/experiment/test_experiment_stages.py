@@ -1,0 +1,88 @@
+"""The experiment's stage graph end to end on a tiny model and tiny data: every stage runs, the outputs
+connect (runs -> evaluation -> evidence -> report), held-out prompts never reach training, and a second
+run reuses every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from molma.data.hh import normalise_prompt
+from tests.data.helpers import hh, write_jsonl
+
+REQUESTS = [f"how do I do bad thing number {i}?" for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    from molma.models import tiny_llama
+
+    root = tmp_path_factory.mktemp("exp")
+    model, tok = tiny_llama(seed=0)
+    model.save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    rows = [{"chosen": hh(r, "I can't help with that."), "rejected": hh(r, f"Sure, step {i}: do it.")}
+            for i, r in enumerate(REQUESTS)]
+    write_jsonl(root / "hh.jsonl.gz", rows, compress=True)
+    tiny_rm = {"max_length": 64, "batch_size": 8, "epochs": 1.0, "learning_rate": 1e-3, "logging_steps": 1}
+    config = {
+        "out": str(root / "out"), "model": str(root / "tiny"), "seed": 0, "threads": 1, "precision": "fp32",
+        "hh_data": str(root / "hh.jsonl.gz"), "hh_validation_fraction": 0.3,
+        "help_prompts": "builtin:help", "prompt_validation_fraction": 0.1,
+        "rm": tiny_rm, "rm_safe": {"skip_invalid": True},
+        "train": {"iterations": 1, "experience_size": 4, "minibatch_size": 4, "max_new_tokens": 4, "lr": 1e-3,
+                  "critic_backbone": "frozen", "lora": {"r": 2, "alpha": 4}, "save_every": 0,
+                  "tensorboard": False},
+        "algos": ["molma", "so-weighted"], "extra_seeds": {"molma": [1]}, "sweep_weights": [0.3, 0.5],
+        "pareto_algos": [], "pareto_weights": [], "eval_prompts": 8, "eval_max_new_tokens": 4,
+        "eval_batch_size": 4,
+    }
+    path = root / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return root, path
+
+
+def test_stage_graph_runs_connects_and_resumes(setup, capsys):
+    from molma.experiment import run_experiment
+
+    root, config = setup
+    out = run_experiment(str(config))
+    printed = capsys.readouterr().out
+    # data: held-out safety prompts are first turns of validation dialogues, never training prompts
+    data = json.loads((out / "data" / "data.json").read_text())
+    assert data["safe"]["rm_train_pairs"] + data["safe"]["rm_validation_pairs"] == len(REQUESTS)
+
+    def texts(name):
+        return {normalise_prompt(json.loads(line)["prompt"]) for line in (out / "data" / name).read_text().splitlines()}
+
+    for pool in ("help", "safe"):
+        heldout = texts(f"{pool}-heldout.jsonl")
+        assert heldout and not heldout & texts(f"{pool}-train.jsonl")
+        assert not heldout & texts(f"{pool}-validation.jsonl")
+        assert not texts(f"{pool}-validation.jsonl") & texts(f"{pool}-train.jsonl")
+    # every run trained on the written training pools
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["molma", "molma-s1", "so-weighted", "so-weighted-w0.3"]
+    cfg = yaml.safe_load((out / "runs" / "molma-s1" / "config.yaml").read_text())
+    assert cfg["seed"] == 1 and cfg["prompts"]["safe"].endswith("safe-train.jsonl")
+    # evaluation of every run and the reference on the same held-out prompts, and the evidence file
+    evidence = json.loads((out / "evidence.json").read_text())
+    assert evidence["n_prompts"] == 8
+    assert set(evidence["models"]) == {"ref", *runs}
+    for model in runs:
+        for objective in ("help", "safe"):
+            c = evidence["vs_reference"][model][objective]
+            assert c["n_win"] + c["n_tie"] + c["n_loss"] == 8 and 0.0 <= c["sign_p"] <= 1.0
+    assert all(v["kl"] is None or v["kl"] >= 0 for v in evidence["models"].values())
+    rm_rows = json.loads((out / "rm" / "results.json").read_text())
+    assert {r["data"] for r in rm_rows} >= {"HH-RLHF harmless (validation dialogues)"}
+    assert (out / "sweep" / "so-weighted.json").exists()
+    assert (out / "report" / "report.md").exists()
+    assert "MOLMA" in printed.splitlines()[-1] or "molma" in printed.splitlines()[-1]
+    # a second run reuses every stage
+    run_experiment(str(config))
+    printed = capsys.readouterr().out
+    assert "running" not in printed and printed.count("reused") >= 7
