@@ -1,14 +1,19 @@
-"""Seconds per RL iteration, split by phase, for SO-weighted, MOLMA-exact and MOLMA-fast on the
-embedded SmolLM2-135M with LoRA, measured in one run (issue: MOLMA-fast / SO-weighted <= 1.10).
+"""Trainer speed, measured in one run on the embedded SmolLM2-135M with LoRA (ratios, not absolute times):
 
-Objectives are the rule-based `length` and `banned_words` rewards so that the timing is of the trainer,
-not of reward models. The learning rate is ~0 (1e-12): every variant then samples exactly the same
-responses (sampling is seeded per row), so the variants differ only in how they compute the update,
-not in how long their policies have learnt to answer. The first iteration of each run is a warm-up
-and not counted; variants run in rounds in alternating order (ABC CBA ...) so that slow drifts of
-the machine's load hit them alike.
+1. precision: seconds per iteration of the demo's MOLMA config (experience 16, whole-batch step) in bf16
+   autocast vs float32 (target: bf16 >= 1.8x faster);
+2. rollout: molma's generation path (bf16, float32 LM head, seeded Gumbel sampling) in tokens/s against
+   plain float32 HF ``generate`` on the same prompts (target >= 2.5x);
+3. cost of K objectives: MOLMA ``fast`` and ``exact`` against SO-weighted on the same batch for K = 2, 4, 8
+   rule objectives (targets: fast <= 1.10x at every K, exact <= 2.5x at K = 8).
 
-    .venv/bin/python benchmarks/trainer.py [--iterations 4] [--experience 16] [--minibatch 8] [--rounds 2]
+Objectives are rule-based (`length` with several caps, `banned_words`) so the timing is of the trainer, not
+of reward models. The learning rate is ~0 (1e-12): every variant samples the same responses (sampling is
+seeded per row), so variants differ only in how they compute. The first iteration of each run is a
+warm-up and not counted; variants run in rounds in alternating order (ABC CBA ...) so slow drifts of the
+machine's load hit them alike.
+
+    .venv/bin/python benchmarks/trainer.py [--iterations 3] [--rounds 2] [--ks 2,4,8]
 """
 
 from __future__ import annotations
@@ -27,62 +32,133 @@ import torch
 from molma.models import LoraSettings
 from molma.rl import MultiObjectiveTrainer, TrainConfig
 
-VARIANTS = {
-    "so-weighted": {"algo": "so-weighted"},
-    "molma-exact": {"algo": "molma", "gradient_mode": "exact"},
-    "molma-fast": {"algo": "molma", "gradient_mode": "fast"},
-}
+
+def objectives(k: int) -> dict[str, str]:
+    specs = {"help": "rule:length", "safe": "rule:banned_words"}
+    for i in range(2, k):
+        specs[f"len{i}"] = f"rule:length:cap={20 + 5 * i}"
+    return specs
+
+
+def run_variant(name: str, settings: dict, args, tmp: str, r: int) -> tuple[list[dict], float]:
+    cfg = TrainConfig(**settings, iterations=args.iterations, experience_size=args.experience,
+                      minibatch_size=args.experience, max_new_tokens=args.max_new_tokens, lr=1e-12,
+                      lora=LoraSettings(r=8, alpha=16), critic_backbone="frozen", save_every=0,
+                      tensorboard=False, progress=False, out=f"{tmp}/{name}-{r}")
+    t0 = time.perf_counter()
+    MultiObjectiveTrainer(cfg).train()
+    wall = round(time.perf_counter() - t0, 1)
+    rows = [json.loads(x) for x in Path(cfg.out, "metrics.jsonl").read_text().splitlines()][1:]
+    print(name, r, json.dumps({k: round(statistics.median(x[k] for x in rows), 2)
+                               for k in rows[0] if k.startswith("time/")}), flush=True)
+    return rows, wall
+
+
+def summarise(rows: list[dict], walls: list[float]) -> dict:
+    phases = {k.split("/", 1)[1]: round(statistics.median(x[k] for x in rows), 3)
+              for k in rows[0] if k.startswith("time/")}
+    return {"seconds_per_iteration": phases, "wall_s": walls, "iterations_timed": len(rows),
+            "response_tokens_mean": round(statistics.mean(x["response_tokens"] for x in rows), 2)}
+
+
+def measure(variants: dict[str, dict], args, tmp: str) -> dict[str, dict]:
+    rows_of: dict[str, list[dict]] = {n: [] for n in variants}
+    walls: dict[str, list[float]] = {n: [] for n in variants}
+    names = list(variants)
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            rows, wall = run_variant(name, variants[name], args, tmp, r)
+            rows_of[name].extend(rows)
+            walls[name].append(wall)
+    return {n: summarise(rows_of[n], walls[n]) for n in names}
+
+
+def generation_speed(args) -> dict:
+    """molma's rollout path in bf16 against plain float32 HF generate, same prompts, alternating."""
+    from molma.data import load_builtin_prompts
+    from molma.data.chat import render_prompt
+    from molma.models import load_model
+    from molma.models.precision import autocast
+    from molma.rl.rollout import GenerationSettings, generate, tokenize_prompts
+
+    model, tok = load_model("smollm2-135m-instruct")
+    model.eval()
+    texts = [render_prompt(tok, p.text) for p in load_builtin_prompts("help")[:args.experience]]
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    speeds: dict[str, list[float]] = {"hf_generate_fp32": [], "molma_rollout_bf16": [], "molma_rollout_fp32": []}
+    for r in range(args.rounds + 1):
+        for name in list(speeds) if r % 2 == 0 else list(speeds)[::-1]:
+            t0 = time.perf_counter()
+            if name == "hf_generate_fp32":
+                enc = tokenize_prompts(tok, texts, 256)
+                with torch.no_grad():
+                    out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=True, top_k=0,
+                                         pad_token_id=tok.pad_token_id)
+                new = out[:, enc["input_ids"].shape[1]:]
+                n_tokens = int((new != tok.pad_token_id).sum())
+            else:
+                with autocast(model, "bf16" if name.endswith("bf16") else "fp32"):
+                    batch, _ = generate(model, tok, texts, settings, seed=r)
+                n_tokens = int(batch.response_mask.sum())
+            if r:  # round 0 is a warm-up
+                speeds[name].append(n_tokens / (time.perf_counter() - t0))
+    med = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
+    return {"tokens_per_s": med, "raw": {k: [round(x, 1) for x in v] for k, v in speeds.items()},
+            "ratio_molma_bf16_to_hf_fp32": round(med["molma_rollout_bf16"] / med["hf_generate_fp32"], 3),
+            "batch": args.experience, "max_new_tokens": args.max_new_tokens}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--experience", type=int, default=16)
-    parser.add_argument("--minibatch", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ks", default="2,4,8", help="numbers of objectives for the K-cost part")
+    parser.add_argument("--parts", default="precision,generation,objectives")
     parser.add_argument("--out", default="benchmarks/results/trainer.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows_of: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-    walls: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    names = list(VARIANTS)
+    parts = args.parts.split(",")
+    out: dict = {"settings": vars(args), "torch_threads": torch.get_num_threads(),
+                 "python": platform.python_version(), "torch": torch.__version__,
+                 "note": "ratios compare medians of the same phases in one run; lr ~0 so every variant samples "
+                         "the same responses (see response_tokens_mean)"}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for name in names if r % 2 == 0 else names[::-1]:
-                cfg = TrainConfig(**VARIANTS[name], objectives={"help": "rule:length", "safe": "rule:banned_words"},
-                                  iterations=args.iterations, experience_size=args.experience,
-                                  minibatch_size=args.minibatch, max_new_tokens=args.max_new_tokens, lr=1e-12,
-                                  lora=LoraSettings(r=8, alpha=16), critic_backbone="frozen", save_every=0,
-                                  tensorboard=False, progress=False, out=f"{tmp}/{name}-{r}")
-                t0 = time.perf_counter()
-                MultiObjectiveTrainer(cfg).train()
-                walls[name].append(round(time.perf_counter() - t0, 1))
-                rows = [json.loads(x) for x in Path(cfg.out, "metrics.jsonl").read_text().splitlines()][1:]
-                rows_of[name].extend(rows)
-                print(name, r, json.dumps({k: round(statistics.median(x[k] for x in rows), 2)
-                                           for k in rows[0] if k.startswith("time/")}), flush=True)
-    results: dict[str, dict] = {}
-    for name, rows in rows_of.items():
-        phases = {k.split("/", 1)[1]: round(statistics.median(x[k] for x in rows), 3)
-                  for k in rows[0] if k.startswith("time/")}
-        results[name] = {"seconds_per_iteration": phases, "wall_s": walls[name], "iterations_timed": len(rows),
-                         "response_tokens_mean": round(statistics.mean(x["response_tokens"] for x in rows), 2)}
-    so = results["so-weighted"]["seconds_per_iteration"]
-    for name in ("molma-exact", "molma-fast"):
-        mine = results[name]["seconds_per_iteration"]
-        results[name]["ratio_total_to_so"] = round(mine["total"] / so["total"], 3)
-        results[name]["ratio_training_to_so"] = round(mine["training"] / so["training"], 3)
-    out = {"results": results, "target": "molma-fast total / so-weighted total <= 1.10",
-           "met": results["molma-fast"]["ratio_total_to_so"] <= 1.10,
-           "settings": vars(args), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-           "torch": torch.__version__, "loadavg_end": os.getloadavg(),
-           "note": "ratios compare medians of the same phases in one run; lr ~0 so every variant samples the "
-                   "same responses (see response_tokens_mean)"}
+        if "precision" in parts:
+            res = measure({f"molma-{p}": {"algo": "molma", "precision": p, "objectives": objectives(2)}
+                           for p in ("fp32", "bf16")}, args, tmp)
+            speedup = res["molma-fp32"]["seconds_per_iteration"]["total"] / \
+                res["molma-bf16"]["seconds_per_iteration"]["total"]
+            out["precision"] = {"results": res, "speedup_bf16": round(speedup, 3), "target": ">= 1.8",
+                                "met": speedup >= 1.8}
+        if "generation" in parts:
+            gen = generation_speed(args)
+            out["generation"] = {**gen, "target": ">= 2.5", "met": gen["ratio_molma_bf16_to_hf_fp32"] >= 2.5}
+        if "objectives" in parts:
+            per_k = {}
+            for k in [int(x) for x in args.ks.split(",")]:
+                variants = {f"so-weighted-K{k}": {"algo": "so-weighted"},
+                            f"molma-fast-K{k}": {"algo": "molma", "gradient_mode": "fast"},
+                            f"molma-exact-K{k}": {"algo": "molma", "gradient_mode": "exact"}}
+                for v in variants.values():
+                    v.update(objectives=objectives(k), precision="bf16")
+                    if v["algo"] == "so-weighted":
+                        v["importance"] = [1.0] * k
+                res = measure(variants, args, tmp)
+                total = {name: r["seconds_per_iteration"]["total"] for name, r in res.items()}
+                so = total[f"so-weighted-K{k}"]
+                per_k[k] = {"results": res, "ratio_fast_to_so": round(total[f"molma-fast-K{k}"] / so, 3),
+                            "ratio_exact_to_so": round(total[f"molma-exact-K{k}"] / so, 3)}
+            out["objectives"] = {"per_k": per_k, "targets": "fast <= 1.10 at every K; exact <= 2.5 at K = 8",
+                                 "met_fast": all(v["ratio_fast_to_so"] <= 1.10 for v in per_k.values()),
+                                 "met_exact_k8": per_k.get(8, {}).get("ratio_exact_to_so", 99) <= 2.5}
+    out["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: {kk: v for kk, v in r.items() if kk.startswith("ratio")} for k, r in results.items()}))
+    print(json.dumps({k: v for k, v in out.items() if k in ("precision", "generation", "objectives")},
+                     default=str)[:3000])
 
 
 if __name__ == "__main__":

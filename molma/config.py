@@ -12,10 +12,12 @@ add a large dependency for ~150 lines.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -27,6 +29,41 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 class ConfigError(ValueError):
     """A configuration problem, naming the source (file or command line) and the dotted key."""
+
+
+class RangeError(ValueError):
+    """A value outside its valid range (raised by :func:`check_range` from ``__post_init__``);
+    ``key`` is the top-level field it belongs to, so :func:`from_dict` can name where it was set."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric config field, bounds included unless ``*_open``; NaN and
+    infinities are never valid. Config dataclasses declare one per numeric field in ``RANGES`` (for
+    lists, tuples and dicts of numbers it applies to every element) and call :func:`check_ranges`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, name: str, value: float) -> None:
+        check_range(name, value, self.low, self.high, self.low_open, self.high_open)
+
+
+# common ranges
+ANY_FINITE = Range()
+POSITIVE = Range(0.0, low_open=True)  # (0, inf)
+NON_NEGATIVE = Range(0.0)  # [0, inf)
+COUNT = Range(1)  # integers >= 1
+UNIT = Range(0.0, 1.0)  # [0, 1]
+FRACTION = Range(0.0, 1.0, high_open=True)  # [0, 1)
+OPEN_UNIT = Range(0.0, 1.0, low_open=True)  # (0, 1]
+SEED = Range(0, 2**32 - 1)  # what numpy accepts
 
 
 def _type_name(tp: Any) -> str:
@@ -42,14 +79,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors: list[tuple[Any, ConfigError]] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, where)
             except ConfigError as err:
-                errors.append(str(err))
+                errors.append((arg, err))
+        if len(errors) == 1:  # X | None: X's own message (e.g. an unknown key inside a nested mapping)
+            raise errors[0][1]
+        for arg, err in errors:  # the alternative of the value's shape says what is wrong inside it
+            if isinstance(value, Mapping) and (dataclasses.is_dataclass(arg) or get_origin(arg) is dict):
+                raise err
+            if isinstance(value, (list, tuple)) and get_origin(arg) in (list, tuple):
+                raise err
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
@@ -84,11 +128,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-5" (no dot) as a string
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            number = float(value)  # YAML 1.1 reads "1e-5" (no dot) as a string
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -100,29 +149,34 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "config") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "config",
+              key_sources: Mapping[str, str] | None = None) -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and type errors raise :class:`ConfigError`.
 
     Range checks live in each dataclass's ``__post_init__`` (raising ``ValueError``); they are reported
-    with the source here.
+    with the source here. ``key_sources`` names where each top-level key came from (a file, the command
+    line) when that differs from ``source``.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+    key_sources = key_sources or {}
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
-            f"known keys: {', '.join(sorted(fields))}"
+            f"{key_sources.get(unknown[0], source)}: unknown key(s) {', '.join(map(repr, unknown))} for "
+            f"{cls.__name__}; known keys: {', '.join(sorted(fields))}"
         )
-    kwargs = {name: _coerce(value, hints[name], f"{source}: {name}") for name, value in data.items()}
+    kwargs = {name: _coerce(value, hints[name], f"{key_sources.get(name, source)}: {name}")
+              for name, value in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{source}: {err}") from err
+        key = getattr(err, "key", None)
+        raise ConfigError(f"{key_sources.get(key, source) if key else source}: {err}") from err
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -138,9 +192,15 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+class _Dotted(dict):
+    """A mapping made by dotted overrides (``a.b=x``): it updates ``a`` (its default included) rather
+    than replacing it."""
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """Parse ``key=value`` / ``a.b=value`` strings (values are YAML: ``3``, ``1e-5``, ``[a, b]``, ``true``)
-    into a nested dict."""
+    into a nested dict. ``a.b=x`` changes key ``b`` of ``a`` and keeps its other keys (also those of
+    ``a``'s default); ``a={b: x}`` replaces ``a``."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -158,7 +218,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            node = node.setdefault(part, _Dotted())
             if not isinstance(node, dict):
                 raise ConfigError(f"command line: {key!r} sets inside a non-mapping value")
         node[parts[-1]] = value
@@ -172,6 +232,40 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = _merge(dict(out[k]), v)
         else:
             out[k] = v
+    return out
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _seed_defaults(cls: Any, data: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Put the default of each dict-valued field that a dotted override (``prompts.help=x``) changes
+    into ``data`` (unless ``data`` sets it), so the override merges into the default."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        return data
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = get_type_hints(cls)
+    out = dict(data)
+    for key, value in over.items():
+        if not isinstance(value, _Dotted) or key not in fields:
+            continue
+        tp = hints[key]
+        if get_origin(tp) in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            tp = args[0] if len(args) == 1 else tp
+        if dataclasses.is_dataclass(tp):
+            base = out.get(key)
+            if base is None or isinstance(base, Mapping):
+                out[key] = _seed_defaults(tp, dict(base or {}), value)
+        elif (tp is dict or get_origin(tp) is dict) and key not in out:
+            default = _field_default(fields[key])
+            if isinstance(default, Mapping):
+                out[key] = dict(default)
     return out
 
 
@@ -210,17 +304,73 @@ def load_config(
                 raise ConfigError(f"{path}: no section {section!r} (sections: {', '.join(data)})")
             data = data[section] or {}
             source = f"{path} [{section}]"
+    key_sources = {key: source for key in data}  # where each key was set, for the error messages
     over = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     if over:
-        data = _merge(data, over)
+        for key, value in over.items():  # a mapping set in the file and changed on the command line: both
+            merged = key in key_sources and isinstance(value, Mapping) and isinstance(data[key], Mapping)
+            key_sources[key] = f"{source} + command line" if merged else "command line"
+        data = _merge(_seed_defaults(cls, data, over), over)
         source = f"{source} + command line"
-    return from_dict(cls, data, source=source)
+    return from_dict(cls, data, source=source, key_sources=key_sources)
 
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
                 low_open: bool = False, high_open: bool = False) -> None:
-    """Raise ``ValueError`` naming ``name`` if ``value`` is outside [low, high] (or open bounds)."""
+    """Raise ``ValueError`` naming ``name`` if ``value`` is not a finite number in [low, high] (or open
+    bounds). NaN and infinities are always out of range."""
+    key = re.match(r"[A-Za-z_]\w*", name)
+    key = key.group(0) if key else None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RangeError(f"{name} must be a number, got {value!r}", key)
+    if not math.isfinite(float(value)):
+        raise RangeError(f"{name} must be a finite number, got {value}", key)
     if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+        raise RangeError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}", key)
     if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+        raise RangeError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}", key)
+
+
+def _numbers(name: str, value: Any) -> Iterator[tuple[str, Any]]:
+    """``(dotted name, number)`` for a number, or the numbers inside a list, tuple or dict (nested
+    dataclasses check themselves)."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, numbers.Real):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _numbers(f"{name}[{i}]", item)
+    elif isinstance(value, Mapping):
+        for k, item in value.items():
+            yield from _numbers(f"{name}.{k}", item)
+
+
+def check_ranges(obj: Any, ranges: Mapping[str, Range] | None = None) -> None:
+    """Check every number in the fields of dataclass ``obj`` (also inside lists, tuples and dicts):
+    finite, and inside the field's :class:`Range` from ``ranges`` (default: ``obj.RANGES``). For
+    ``__post_init__``; raises ``ValueError`` naming the field (``prompt_mix.help``, ``adam_betas[1]``)."""
+    ranges = getattr(obj, "RANGES", {}) if ranges is None else ranges
+    for f in dataclasses.fields(obj):
+        declared = ranges.get(f.name, ANY_FINITE)
+        for name, number in _numbers(f.name, getattr(obj, f.name)):
+            declared.check(name, number)
+
+
+def _is_numeric_type(tp: Any) -> bool:
+    if tp is bool:
+        return False
+    if tp in (int, float):
+        return True
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is dict:
+        return len(args) == 2 and _is_numeric_type(args[1])
+    return any(_is_numeric_type(a) for a in args if a is not Ellipsis)
+
+
+def numeric_fields(cls: type) -> list[str]:
+    """Names of the fields of dataclass ``cls`` that hold numbers (alone or in lists, tuples, dicts),
+    i.e. those that need a :class:`Range`."""
+    hints = get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if f.init and _is_numeric_type(hints[f.name])]

@@ -64,6 +64,9 @@ class ExperimentConfig:
     help_eval_prompts: str | None = None  # held-out helpfulness prompts (None: a share of help_prompts)
     prompt_heldout_fraction: float = 0.2  # of a pool without its own held-out source
     prompt_validation_fraction: float = 0.1  # of the training prompts, never trained on (for choosing settings)
+    # leave out prompts longer than this many tokens once chat-templated (counted in data/data.json): a batch
+    # is padded to its longest prompt, so one long prompt makes every row of it cost that much
+    prompt_max_tokens: int | None = None
     # --- reward models: RewardTrainConfig overrides (rm: both; rm_help / rm_safe: one)
     rm: dict[str, Any] = field(default_factory=dict)
     rm_help: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +102,8 @@ class ExperimentConfig:
         check_range("workers", self.workers, low=1)
         if self.threads is not None:
             check_range("threads", self.threads, low=1)
+        if self.prompt_max_tokens is not None:
+            check_range("prompt_max_tokens", self.prompt_max_tokens, low=8)
         if self.hh_max_train_pairs is not None:
             check_range("hh_max_train_pairs", self.hh_max_train_pairs, low=2)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -113,6 +118,28 @@ class ExperimentConfig:
         for algo, seeds in self.extra_seeds.items():
             if self.seed in seeds:
                 raise ValueError(f"extra_seeds[{algo}] repeats the main seed {self.seed}")
+            for s in seeds:
+                check_range(f"extra_seeds[{algo}]", s, low=0, high=2**32 - 1)
+        check_range("seed", self.seed, low=0, high=2**32 - 1)
+        if self.sweep_iterations is not None:
+            check_range("sweep_iterations", self.sweep_iterations, low=1)
+        self._check_stage_settings()
+
+    def _check_stage_settings(self) -> None:
+        """Build the RL and reward-model settings now, so a bad key or value in ``train`` / ``rm*`` fails
+        before any model is trained (each message names the section and key)."""
+        from molma.rewards import RewardTrainConfig
+        from molma.rl import TrainConfig
+
+        for algo in dict.fromkeys([*self.algos, *self.pareto_algos]):
+            settings = {"model": self.model, "seed": self.seed, "precision": self.precision, **self.train,
+                        "algo": algo, "objectives": {"help": "rm-help", "safe": "rm-safe"}}
+            if self.sweep_iterations is not None and algo in self.pareto_algos:
+                settings["iterations"] = self.sweep_iterations
+            from_dict(TrainConfig, settings, source=f"train (algo {algo})")
+        for objective, section in (("help", self.rm_help), ("safe", self.rm_safe)):
+            from_dict(RewardTrainConfig, {"objective": objective, "base": self.model, "precision": self.precision,
+                                          **self.rm, **section}, source=f"rm_{objective}")
 
 
 def _hash(*parts: Any) -> str:
@@ -203,6 +230,20 @@ def _prepare_data(cfg: ExperimentConfig, out: Path) -> None:
                                   seed=cfg.seed)
         pools["safe"] = {"train": tr, "heldout": ho}
         info["safe"] = {"source": "builtin:safe", "heldout_source": "share of source"}
+    if cfg.prompt_max_tokens is not None:
+        from molma.data.chat import render_prompt
+        from molma.models import load_tokenizer
+
+        tok = load_tokenizer(cfg.model)
+
+        def fits(p) -> bool:
+            return len(tok(render_prompt(tok, p.text), add_special_tokens=False)["input_ids"]) <= cfg.prompt_max_tokens
+
+        for tag, parts in pools.items():
+            for part in ("train", "heldout"):
+                kept = [p for p in parts[part] if fits(p)]
+                info[tag][f"{part}_longer_than_{cfg.prompt_max_tokens}_tokens_left_out"] = len(parts[part]) - len(kept)
+                parts[part] = kept
     for tag, parts in pools.items():
         # drop held-out texts from training (two sources may share a prompt), then set validation aside
         heldout_keys = {normalise_prompt(p.text) for p in parts["heldout"]}
@@ -468,14 +509,14 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
 
     # 1. data
     data_dir = root / "data"
-    data_key = _hash("data", cfg.seed, _file_key(cfg.hh_data), cfg.hh_validation_fraction,
-                     _file_key(cfg.help_prompts), _file_key(cfg.help_eval_prompts), cfg.prompt_heldout_fraction,
-                     cfg.prompt_validation_fraction)
+    split_key = _hash("hh split", cfg.seed, _file_key(cfg.hh_data), cfg.hh_validation_fraction)  # what RMs use
+    data_key = _hash("data", split_key, cfg.model, cfg.prompt_max_tokens, _file_key(cfg.help_prompts),
+                     _file_key(cfg.help_eval_prompts), cfg.prompt_heldout_fraction, cfg.prompt_validation_fraction)
     stages.run("data", data_dir, data_key, lambda: _prepare_data(cfg, data_dir))
 
     # 2. reward models
     rm_dir = root / "rm"
-    rm_key = _hash("rm", data_key, cfg.model, cfg.seed, cfg.precision, cfg.rm, cfg.rm_help, cfg.rm_safe,
+    rm_key = _hash("rm", split_key, cfg.model, cfg.seed, cfg.precision, cfg.rm, cfg.rm_help, cfg.rm_safe,
                    cfg.rm_heldout_fraction, cfg.rm_benchmarks, cfg.hh_max_train_pairs)
     stages.run("reward models", rm_dir, rm_key, lambda: _train_rms(cfg, rm_dir))
 

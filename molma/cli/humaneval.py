@@ -49,8 +49,26 @@ def _create(args: argparse.Namespace) -> tuple[Any, str]:
     return study, admin.token
 
 
+def _int_option(low: int, high: int | None = None) -> Any:
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def _handled(func: Any) -> Any:
-    """Turn the package's input errors into a one-line message and exit code 2."""
+    """Turn the package's input errors into a one-line message and exit code 2; a closed stdout
+    (``status | head``) ends the command quietly instead of with a BrokenPipeError traceback."""
 
     def run(args: argparse.Namespace) -> int:
         from molma.humaneval import ObjectivesError, ResponsesError, StudyError
@@ -59,6 +77,16 @@ def _handled(func: Any) -> Any:
             return int(func(args) or 0)
         except (ResponsesError, ObjectivesError, StudyError, FileNotFoundError) as err:
             return _err(str(err))
+        except BrokenPipeError:
+            # the reader went away: point stdout at /dev/null so the interpreter's final flush is quiet
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            if func is cmd_invite:
+                print("molma human-eval: warning: output closed early: some new links were not shown "
+                      "(revoke those accounts, or use --out)", file=sys.stderr)
+                return 1
+            return 0
 
     return run
 
@@ -192,8 +220,8 @@ def _init_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
     p.add_argument("--objectives", metavar="YAML", help="objectives file (default: help and safe)")
     p.add_argument("--title", default="Human evaluation", help="study title shown on every page")
-    p.add_argument("--sample", type=int, metavar="N", help="keep a random sample of N prompts")
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    p.add_argument("--sample", type=_int_option(1), metavar="N", help="keep a random sample of N prompts")
+    p.add_argument("--seed", type=_int_option(0, 2**32 - 1), default=0, help="seed of --sample (default 0)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -219,8 +247,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    p.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    p.add_argument("--port", type=_int_option(0, 65535), default=8000,
+                   help="port (default 8000; 0 = any free port)")
+    p.add_argument("--threads", type=_int_option(1, 1024), default=8, help="worker threads (default 8)")
     p.add_argument(
         "--url-scheme",
         choices=("http", "https"),
@@ -231,7 +260,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("invite", help="create evaluator accounts and print their secret links")
     p.add_argument("--db", required=True, help="study database")
-    p.add_argument("--n", type=int, help="number of evaluators (labelled PREFIX-01, PREFIX-02, ...)")
+    p.add_argument("--n", type=_int_option(1), help="number of evaluators (labelled PREFIX-01, PREFIX-02, ...)")
     p.add_argument("--labels", help="comma-separated labels instead of --n (e.g. ana,ben)")
     p.add_argument("--prefix", default="evaluator", help="label prefix for --n (default evaluator)")
     p.add_argument("--admin", action="store_true", help="create admin (results page) accounts instead")

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config (a TrainConfig mapping, or one under the key 'train')")
     p.add_argument("--out", help="run folder (default from the config)")
     p.add_argument("--loss", choices=["auto", "apa", "ppo"], help="policy loss (auto: ppo for gapo/pgapo)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest intact checkpoint in --out (an error when there is none)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_train)
@@ -55,11 +56,25 @@ def _load(args: argparse.Namespace, extra: dict | None = None):
 
 
 def _train(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
     from molma.rl import MultiObjectiveTrainer
+    from molma.rl.checkpoint import CheckpointError, find_checkpoint
     from molma.rl.parallel import rank
 
     cfg = _load(args)
-    summary = MultiObjectiveTrainer(cfg).train(resume=args.resume)
+    try:
+        if args.resume:  # before any model is loaded: is there anything to resume from at all?
+            path, problems = find_checkpoint(Path(cfg.out) / "checkpoints", verify=False)
+            if path is None:
+                raise CheckpointError(f"--resume: no usable checkpoint in {cfg.out}: {'; '.join(problems)} "
+                                      f"(one is written every save_every={cfg.save_every} iterations; "
+                                      "drop --resume to start over)")
+        summary = MultiObjectiveTrainer(cfg).train(resume=args.resume)
+    except CheckpointError as err:
+        print(f"molma train: error: {err}", file=sys.stderr)
+        return 2
     if rank() != 0:  # under torchrun / accelerate launch, process 0 reports
         return 0
     print(json.dumps({k: summary[k] for k in ("algo", "iterations", "wall_time_s", "final") if k in summary},

@@ -341,6 +341,9 @@ def pair_from_row(
 def _alpaca_prompt(row: Row) -> str:
     instruction = _text(row, "instruction").strip()
     extra = row.get("input")
+    instances = row.get("instances")
+    if extra is None and isinstance(instances, list) and instances and isinstance(instances[0], dict):
+        extra = instances[0].get("input")  # self-instruct: the first instance's input completes the task
     if extra is None:
         return instruction
     if not isinstance(extra, str):
@@ -516,8 +519,15 @@ def _json_array_items(data: bytes, display: str) -> Iterator[tuple[int, Row | Da
             return
 
 
+#: Longest CSV/TSV field read, in characters (the csv module's default, 131072, is lower than real
+#: dialogues can be; JSONL lines have no limit of their own). A longer field stops the file with an error.
+CSV_FIELD_LIMIT = 1 << 27
+
+
 def _csv_rows(stream: Iterable[bytes], display: str, delimiter: str) -> _Rows:
     bad_lines: dict[int, str] = {}
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:  # process-wide; only ever raised
+        csv.field_size_limit(CSV_FIELD_LIMIT)
 
     def lines() -> Iterator[str]:
         for n, raw in enumerate(stream, 1):
@@ -725,6 +735,10 @@ def _consume(
         if isinstance(err, _FatalError):
             report.complete = False
             break
+    if report.rows == 0 and report.complete and limit != 0:
+        what = (f"it holds only a header (columns: {', '.join(rows.columns)})" if rows.columns
+                else "it is empty (no rows: an empty or blank file, or an empty JSON array)")
+        raise DataFormatError(f"no records: {what}", rows.display)
     report.records = len(out)
     if report.errors or (not report.complete and limit is None):
         log.warning("%s", report.summary())

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from molma.config import COUNT, NON_NEGATIVE, OPEN_UNIT, POSITIVE, SEED, Range, check_ranges
 from molma.data.records import Prompt
 from molma.eval.generate import generate_responses, load_for_eval, score_responses, sequence_logprobs
 from molma.eval.responses import (
@@ -58,7 +60,15 @@ class EvalConfig:
     progress: bool = True
     precision: str = "fp32"  # mixed precision of generation (molma.models.precision); auto: bf16 if supported
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "max_new_tokens": COUNT, "seed": SEED, "batch_size": COUNT, "score_batch_size": COUNT,
+        "temperature": POSITIVE, "top_p": OPEN_UNIT, "tie_tol": NON_NEGATIVE,
+    }
+
     def __post_init__(self) -> None:
+        check_ranges(self)  # NaN / inf and out-of-range values, naming the key
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
         if self.batch_size <= 0 or self.score_batch_size <= 0:

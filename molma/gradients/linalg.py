@@ -15,10 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-#: Relative eigenvalue tolerance (times K) below which an eigenvalue of ``M`` counts as zero. The
-#: Gramian is accumulated from float32 gradients, so its eigenvalues are only known to about float32
-#: precision relative to the largest one, whatever dtype the eigen-decomposition runs in.
+#: Relative precision (times K) of the Gramian's entries: each ``M_ij`` sums float32 products, so it is
+#: known to about ``eps_float32 * ||g_i|| ||g_j||``. Eigenvalues of the *normalised* Gramian
+#: ``M_ij / (||g_i|| ||g_j||)`` below ``K * eps_float32`` (times its largest) are numerical zeros.
 FLOAT32_EPS: float = float(torch.finfo(torch.float32).eps)
+#: Precision of the float64 eigen-decomposition of ``M`` relative to its largest eigenvalue.
+FLOAT64_EPS: float = float(torch.finfo(torch.float64).eps)
 
 
 def gramian(jacobians: Sequence[Tensor]) -> Tensor:
@@ -76,23 +78,53 @@ def cosines(M: Tensor) -> Tensor:
     return torch.clamp(cos, -1.0, 1.0)
 
 
-def positive_spectrum(M: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor]:
-    """Eigenvalues and eigenvectors of ``M`` (Algorithm 1, line 10) that are numerically positive.
+def null_space(M: Tensor, rtol: float | None = None) -> Tensor:
+    """Orthonormal basis (K x (K - r)) of the numerical null space of ``G`` (the ``alpha`` with
+    ``G alpha = 0``), found on the normalised Gramian ``C = D^-1/2 M D^-1/2`` with ``D = diag(M)``.
 
-    An eigenvalue counts as positive when it exceeds ``rtol * lambda_max`` (default ``K * eps32``),
-    as in the Aligned-MTL reference, which keeps "the last positive singular value". Returned in
-    decreasing order; both empty when ``M`` is zero.
+    Why normalised: the float32 round-off of ``M_ij`` is relative to ``||g_i|| ||g_j||``, not to the
+    largest eigenvalue, so on ``C`` it is about ``eps_float32`` everywhere. A tolerance relative to
+    ``lambda_max(M)`` instead would call two orthogonal gradients of norm ratio > ~2000 dependent and
+    drop the smaller objective, the very dominance Aligned-MTL removes. An eigenvalue of ``C`` counts
+    as zero below ``rtol * lambda_max(C)`` (default ``K * eps_float32``); a gradient with norm under
+    ``sqrt(K * eps_float64)`` times the largest counts as zero.
     """
     K = M.shape[0]
-    lam, V = torch.linalg.eigh(M)
-    lam_max = lam.max()
-    if not bool(lam_max > 0):
-        return lam[:0], V[:, :0]
-    tol = lam_max * (K * FLOAT32_EPS if rtol is None else rtol)
-    keep = lam > tol
-    lam, V = lam[keep], V[:, keep]
-    order = torch.argsort(lam, descending=True)
-    return lam[order], V[:, order]
+    tol = K * FLOAT32_EPS if rtol is None else rtol
+    d = torch.clamp(torch.diagonal(M), min=0.0)
+    live = d > K * FLOAT64_EPS * d.max()
+    scale = torch.where(live, torch.rsqrt(torch.where(live, d, torch.ones_like(d))), torch.ones_like(d))
+    C = scale[:, None] * M * scale[None, :]
+    C = torch.where(live[:, None] & live[None, :], C, torch.zeros_like(C))  # a zero gradient: all null
+    mu, U = torch.linalg.eigh((C + C.T) / 2)
+    null = U[:, mu <= tol * torch.clamp(mu.max(), min=1.0)]
+    if null.shape[1] == 0:
+        return null
+    basis, _ = torch.linalg.qr(scale[:, None] * null)  # G (S u) = (G S) u = 0: back to M's coordinates
+    return basis
+
+
+def positive_spectrum(M: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors of ``M`` (Algorithm 1, line 10) on the span of ``G``.
+
+    The numerical null space of ``G`` (:func:`null_space`, tolerance ``rtol``) is projected out of
+    ``M`` first, so its round-off never passes for a tiny positive eigenvalue, while a small but real
+    one (a dominated objective) is kept; eigenvalues the float64 decomposition cannot tell from zero
+    (``< K * eps_float64 * lambda_max``) are dropped. Returned in decreasing order; both empty when
+    ``M`` is zero.
+    """
+    K = M.shape[0]
+    if not bool(torch.diagonal(M).max() > 0):
+        return M.new_zeros(0), M.new_zeros(K, 0)
+    Q = null_space(M, rtol)
+    if Q.shape[1]:
+        P = torch.eye(K, dtype=M.dtype) - Q @ Q.T
+        M = P @ M @ P
+    lam, V = torch.linalg.eigh((M + M.T) / 2)
+    order = torch.argsort(lam, descending=True)[: K - Q.shape[1]]
+    lam, V = lam[order], V[:, order]
+    keep = lam > K * FLOAT64_EPS * torch.clamp(lam.max(), min=0.0) if lam.numel() else lam > 0
+    return lam[keep], V[:, keep]
 
 
 def rank(M: Tensor, rtol: float | None = None) -> int:
@@ -132,8 +164,8 @@ def balance_transformation(M: Tensor, rtol: float | None = None,
                            scale_mode: str = "min") -> tuple[Tensor, int]:
     """Aligned-MTL balance transformation ``B = sqrt(lambda_min) V Sigma^{-1} V^T`` (Alg. 1, l. 10-12).
 
-    ``lambda_min`` is the smallest *positive* eigenvalue (eigenvalues under the tolerance of
-    :func:`positive_spectrum` are treated as zero and their eigenvectors dropped), so ``G B`` has
+    ``lambda_min`` is the smallest *positive* eigenvalue (the numerical null space of ``G``, see
+    :func:`positive_spectrum`, is dropped), so ``G B`` has
     mutually orthogonal columns of equal norm ``sqrt(lambda_min)`` on the span of ``G``. ``scale_mode``
     ``"median"`` / ``"rmse"`` (mean eigenvalue) are the reference implementation's variants. Returns
     ``(B, rank)``; the zero Gramian gives the identity (the update ``G w`` is then zero anyway).

@@ -13,6 +13,7 @@ documented Aligned-MTL value ``[0.2133, 0.9673, 0.9673]`` for ``J = [[-4, 1, 1],
 from __future__ import annotations
 
 import importlib.util
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -32,6 +33,8 @@ from molma.gradients.linalg import (
 from molma.gradients.solvers import NNLSDualConeProjector, cagrad_weights, min_norm_point
 
 ImportanceLike = Tensor | Sequence[float] | None
+
+log = logging.getLogger(__name__)
 
 NASH_INSTALL_HINT = "pip install molma[nash]"
 _find_spec = importlib.util.find_spec  # indirection so tests can simulate a missing extra
@@ -101,10 +104,12 @@ class AlignedMTL(Weighting):
     """Aligned-MTL / MOLMA (Algorithm 1): ``alpha = B w`` with ``B = sqrt(lambda_min) V Sigma^{-1} V^T``.
 
     Written here rather than using torchjd's ``AlignedMTLWeighting`` because torchjd sets the rank
-    tolerance from the dtype of the matrix it is given (float64 eps here), while our Gramian comes
-    from float32 gradients; ``rtol`` (default ``K * eps_float32``, the reference implementation's
-    choice) decides which eigenvalues are zero, and ``lambda_min`` is the smallest positive one. The
-    composition with torchjd's ``AlignedMTL`` aggregator is checked in the tests.
+    tolerance from the dtype of the matrix it is given (float64 eps here), while our Gramian sums
+    float32 products: the numerical rank is decided on the normalised Gramian with ``rtol`` (default
+    ``K * eps_float32``, see :func:`~molma.gradients.linalg.null_space`), so a dominated objective
+    (orthogonal gradients of very different norms) keeps its share, and ``lambda_min`` is the smallest
+    positive eigenvalue. A rank below K is logged (a warning when it first drops or changes) and kept
+    in ``last_rank``. The composition with torchjd's ``AlignedMTL`` aggregator is checked in the tests.
     """
 
     name = "aligned-mtl"
@@ -117,9 +122,17 @@ class AlignedMTL(Weighting):
             raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
         self.rtol = rtol
         self.scale_mode = scale_mode
+        self.last_rank: int | None = None
+        self._last: tuple[int, int] | None = None
 
     def weights(self, M: Tensor, w: Tensor) -> Tensor:
-        B, _ = balance_transformation(M, self.rtol, self.scale_mode)
+        B, r = balance_transformation(M, self.rtol, self.scale_mode)
+        K = M.shape[0]
+        if r < K:  # a warning when the rank first drops (or changes), then debug messages
+            level = logging.WARNING if (r, K) != self._last else logging.DEBUG
+            log.log(level, "aligned-mtl: the %d objective gradients have rank %d (norms %s): the update is "
+                    "balanced over their span only", K, r, [f"{x:.3g}" for x in norms(M).tolist()])
+        self.last_rank, self._last = r, (r, K)
         return B @ w
 
     def alignment(self, M: Tensor, alpha: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ any request thread.
 from __future__ import annotations
 
 import io
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -90,13 +92,50 @@ def win_rate_figure(results: StudyResults, model: str) -> Figure:
     return fig
 
 
+_SVG_NAMESPACES = {
+    "": "http://www.w3.org/2000/svg",
+    "xlink": "http://www.w3.org/1999/xlink",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "cc": "http://creativecommons.org/ns#",
+    "dc": "http://purl.org/dc/elements/1.1/",
+}
+
+
+def _declarations(css: str) -> list[tuple[str, str]]:
+    pairs = (d.split(":", 1) for d in css.split(";") if ":" in d)
+    return [(k.strip(), v.strip()) for k, v in pairs if k.strip()]
+
+
+def svg_without_inline_styles(svg: bytes) -> bytes:
+    """The SVG with every ``style="..."`` attribute and ``<style>`` element turned into presentation
+    attributes (``fill="#3b6ea8"``), which a ``style-src`` Content-Security-Policy does not block: served
+    under the web app's CSP, matplotlib's inline styles are dropped and the figure renders black."""
+    for prefix, uri in _SVG_NAMESPACES.items():
+        ET.register_namespace(prefix, uri)
+    root = ET.fromstring(svg)
+    parents = {child: parent for parent in root.iter() for child in parent}
+    for element in list(root.iter()):
+        if element.tag == f"{{{_SVG_NAMESPACES['']}}}style":
+            for selector, body in re.findall(r"([^{}]+)\{([^}]*)\}", element.text or ""):
+                if selector.strip() == "*":  # matplotlib's only rule; inherited from the root alike
+                    for key, value in _declarations(body):
+                        root.set(key, value)
+            parents[element].remove(element)
+        elif "style" in element.attrib:
+            for key, value in _declarations(element.attrib.pop("style")):
+                element.set(key, value)  # a style declaration overrides the attribute
+    return b'<?xml version="1.0" encoding="utf-8" standalone="no"?>\n' + ET.tostring(root, encoding="utf-8",
+                                                                                     xml_declaration=False)
+
+
 def render_win_rate_figure(results: StudyResults, model: str, fmt: str) -> bytes:
-    """The figure as ``png`` or ``svg`` bytes."""
+    """The figure as ``png`` or ``svg`` bytes (the SVG with presentation attributes instead of inline
+    styles, so it renders under a strict Content-Security-Policy)."""
     if fmt not in ("png", "svg"):
         raise ValueError(f"format must be png or svg, got {fmt!r}")
     buf = io.BytesIO()
     win_rate_figure(results, model).savefig(buf, format=fmt)
-    return buf.getvalue()
+    return svg_without_inline_styles(buf.getvalue()) if fmt == "svg" else buf.getvalue()
 
 
 def save_win_rate_figure(results: StudyResults, model: str, stem: str | Path) -> list[Path]:

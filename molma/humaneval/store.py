@@ -31,7 +31,7 @@ from molma.humaneval.records import ResponseRecord
 SCHEMA_VERSION = 1
 TOKEN_BYTES = 32
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
-_RANK_RE = re.compile(r"^\s*\d{1,4}\s*$")
+_RANK_RE = re.compile(r"[ \t]*[0-9]{1,4}[ \t]*")  # ASCII digits only (int() takes "３", "٣")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
 
 SCHEMA = """
@@ -554,7 +554,7 @@ class Study:
                         f"rank for response {letter} under '{label}' must be a whole number"
                     )
                 if isinstance(value, str):
-                    if not _RANK_RE.match(value):
+                    if not _RANK_RE.fullmatch(value):
                         raise SubmissionError(
                             f"rank {value[:20]!r} for response {letter} under '{label}' is not a whole number"
                         )

@@ -221,6 +221,9 @@ def create_app(study: Study | str | Path) -> Flask:
             return render_item(current, values, None, 200)
         if problem := same_origin_post():
             return fail(403, "Request refused", problem)
+        if request.files:  # the form has no file input: a multipart upload is not ours
+            name = next(iter(request.files))
+            return render_item(current, {}, f"Not saved: unexpected file field {name[:60]!r}.", 400)
         ranks: dict[str, dict[str, str]] = {}
         error = None
         for name in request.form:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from molma.config import check_range
+from molma.config import (
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    SEED,
+    UNIT,
+    Range,
+    check_ranges,
+)
 from molma.models import LoraSettings
 
 SINGLE_OBJECTIVE_ALGOS = ("so-help", "so-safe", "so-weighted", "so-piecewise")
@@ -71,6 +81,9 @@ class TrainConfig:
     critic_backbone: Literal["trainable", "frozen"] = "trainable"
     # run
     device: str = "auto"  # auto: this process's GPU (LOCAL_RANK) when CUDA is available, else cpu
+    # mixed precision of every forward (policy, reference, critic, reward models): float32 weights and
+    # optimizer state, autocast forwards, float32 output layers; auto: bf16 where the hardware has it
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # with several processes: shard policy, reference and critic with FSDP2 (fully_shard) instead of
     # replicating them; the per-objective gradients are reduce-scattered and the Gramian all-reduced
     fsdp: bool = False
@@ -84,23 +97,26 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
+    # the valid range of every numeric field (of each element for lists and dicts); NaN/inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "importance": NON_NEGATIVE, "piecewise_delta": UNIT, "prompt_mix": UNIT, "heldout_fraction": FRACTION,
+        "iterations": COUNT, "experience_size": COUNT, "minibatch_size": COUNT, "epochs_per_iteration": COUNT,
+        "max_new_tokens": COUNT, "max_prompt_tokens": COUNT, "temperature": POSITIVE, "top_p": OPEN_UNIT,
+        "top_k": Range(0), "kl_beta": NON_NEGATIVE, "apa_lambda": POSITIVE, "ppo_clip": POSITIVE,
+        "gamma": UNIT, "gae_lambda": UNIT, "value_coef": NON_NEGATIVE,
+        "logit_eps": Range(0.0, 0.5, low_open=True, high_open=True), "gapo_p": Range(1, 2),
+        "lr": POSITIVE, "critic_lr": POSITIVE, "weight_decay": NON_NEGATIVE, "adam_betas": FRACTION,
+        "adam_eps": POSITIVE, "clip_norm": POSITIVE, "seed": SEED, "save_every": Range(0),
+        "max_bad_updates": COUNT,
+    }
+
     def __post_init__(self) -> None:
-        check_range("iterations", self.iterations, low=1)
-        check_range("experience_size", self.experience_size, low=1)
-        check_range("minibatch_size", self.minibatch_size, low=1)
+        check_ranges(self)
         if self.minibatch_size > self.experience_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) > experience_size "
                              f"({self.experience_size})")
-        check_range("epochs_per_iteration", self.epochs_per_iteration, low=1)
-        check_range("max_new_tokens", self.max_new_tokens, low=1)
-        check_range("lr", self.lr, low=0.0, low_open=True)
-        check_range("apa_lambda", self.apa_lambda, low=0.0, low_open=True)
-        check_range("gamma", self.gamma, low=0.0, high=1.0)
-        check_range("gae_lambda", self.gae_lambda, low=0.0, high=1.0)
-        check_range("heldout_fraction", self.heldout_fraction, low=0.0, high=1.0, high_open=True)
-        check_range("temperature", self.temperature, low=0.0, low_open=True)
-        if self.kl_beta is not None:
-            check_range("kl_beta", self.kl_beta, low=0.0)
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.gapo_p not in (1, 2):
             raise ValueError(f"gapo_p must be 1 or 2, got {self.gapo_p}")
         if len(self.objectives) < 1:

@@ -7,6 +7,8 @@ takes the safety reward when it is below a threshold and the helpfulness reward 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -14,13 +16,18 @@ from torch import Tensor
 def logit_of_score(scores: Tensor, eps: float = 1e-6) -> Tensor:
     """LOGIT (eq. 3.4): scores are mapped to probabilities with a sigmoid, clamped to [eps, 1 - eps] so
     nothing is infinite, then back through the logit. For raw reward-model scores this clips them to
-    +-logit(1 - eps); for probability-valued rewards (the piecewise rule) it is the plain logit."""
-    return logit_of_prob(torch.sigmoid(scores), eps)
+    +-logit(1 - eps), computed here directly on the score (exact and symmetric: a float32 sigmoid would
+    saturate at 13.80 above and -13.82 below); for probability-valued rewards (the piecewise rule) use
+    :func:`logit_of_prob`."""
+    bound = math.log1p(-eps) - math.log(eps)  # logit(1 - eps), in float64
+    return scores.clamp(-bound, bound)
 
 
 def logit_of_prob(probs: Tensor, eps: float = 1e-6) -> Tensor:
-    p = probs.clamp(eps, 1.0 - eps)
-    return torch.log(p) - torch.log1p(-p)
+    """The logit of probabilities clamped to [eps, 1 - eps], computed in float64 (1 - eps is not a
+    float32 number for small eps) and returned in the input's dtype."""
+    p = probs.double().clamp(eps, 1.0 - eps)
+    return (torch.log(p) - torch.log1p(-p)).to(probs.dtype)
 
 
 def whiten(x: Tensor, dim: int = -1, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
@@ -65,10 +72,10 @@ def piecewise_reward(help_scores: Tensor, safe_scores: Tensor, delta: float, eps
 
     A response whose safety probability equals delta counts as safe (takes the helpfulness reward).
     """
-    p_safe = torch.sigmoid(safe_scores)
-    p_help = torch.sigmoid(help_scores)
+    p_safe = torch.sigmoid(safe_scores.double())  # float64: no early saturation at 1 - eps_float32
+    p_help = torch.sigmoid(help_scores.double())
     r_p = torch.where(p_safe < delta, p_safe, p_help)
-    return whiten(logit_of_prob(r_p, eps), dim=-1)
+    return whiten(logit_of_prob(r_p, eps), dim=-1).to(help_scores.dtype)
 
 
 def scalarize(
