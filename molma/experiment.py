@@ -482,6 +482,48 @@ def evidence(result, runs: dict[str, RunSpec], reference: str = "ref") -> dict:
     return out
 
 
+def evidence_markdown(facts: dict, meta: dict | None = None) -> str:
+    """``evidence.json`` as Markdown: mean rewards and KL per model, every model against the reference and
+    MOLMA against every model (win / tie / loss, win share among non-tied prompts with its Wilson 95 %
+    interval, sign-test p, mean reward difference with its paired bootstrap 95 % interval)."""
+    from molma.eval.tables import fmt_p, pct
+
+    objectives = facts["objectives"]
+    lines = [f"Held-out prompts: {facts['n_prompts']}. Judges: " + ", ".join(objectives) + ".", ""]
+    lines += ["| model | algo | seed | " + " | ".join(f"{o} mean" for o in objectives) + " | KL to ref (k3) |",
+              "|---" * (4 + len(objectives)) + "|"]
+    for m, v in facts["models"].items():
+        kl = "-" if v.get("kl") is None else f"{v['kl']:.3f}"
+        seed = "-" if v.get("seed") is None else str(v["seed"])
+        lines.append(f"| {m} | {v['algo']} | {seed} | " + " | ".join(f"{v[f'{o}/mean']:+.3f}" for o in objectives)
+                     + f" | {kl} |")
+
+    def table(title: str, comparisons: dict, row_label: str) -> list[str]:
+        out = ["", f"### {title}", "",
+               f"| {row_label} | judge | win | tie | loss | win of non-tied [95 % CI] | sign p | mean diff [95 % CI] |",
+               "|---|---|---|---|---|---|---|---|"]
+        for m, per in comparisons.items():
+            for o in objectives:
+                c = per[o]
+                excl = "-" if c.get("win_excl_ties") is None else \
+                    f"{pct(c['win_excl_ties'])} [{pct(c['excl_ci_low'])}, {pct(c['excl_ci_high'])}]"
+                diff = "-" if c.get("mean_diff") is None else \
+                    f"{c['mean_diff']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]"
+                ties = f"{pct(c['tie'])}" + (f" ({c['n_identical_ties']} same text)" if c.get("n_identical_ties")
+                                              else "")
+                out.append(f"| {m} | {o} | {pct(c['win'])} | {ties} | {pct(c['loss'])} | {excl} | "
+                           f"{fmt_p(c['sign_p'])} | {diff} |")
+        return out
+
+    lines += table("Every model against the reference (A = the model, B = ref)", facts["vs_reference"], "model")
+    lines += table("MOLMA (seed 0) against every model (A = molma)", facts["molma_vs"], "opponent")
+    if meta:
+        lines += ["", f"Wall time of the stages: {meta.get('stage_seconds_total', 0) / 60:.1f} min "
+                  f"(precision {meta.get('precision')}, {meta.get('threads')} torch thread(s) per process, "
+                  f"{meta.get('cpu_count')} CPU cores)."]
+    return "\n".join(lines) + "\n"
+
+
 def run_experiment(config_path: str | None, overrides=(), out: str | None = None,
                    config_class: type = ExperimentConfig, label: str = "experiment") -> Path:
     cfg = load_config(config_class, config_path, overrides)
@@ -551,18 +593,22 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     from molma.atomic import write_text_atomic
 
     write_text_atomic(root / "evidence.json", json.dumps({"meta": meta, **facts}, indent=2, default=float))
+    write_text_atomic(root / "evidence.md", evidence_markdown(facts, meta))
     write_text_atomic(root / f"{label}.json", json.dumps(meta, indent=2))
     import yaml
 
     write_text_atomic(root / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     report = build_report(root, title=cfg.title)
-    print(f"\nMOLMA against each model ({len(result.prompt_ids)} held-out prompts, judged by RMhelp / RMsafe; "
-          "RMhelp is trained on builtin pairs):")
-    print(result.win_rate_text())
+    html = getattr(report, "html", None) or (root / "report" / "report.html")
     print(f"\n{label} wall time: {time.perf_counter() - t_start:.0f} s (stages: "
           + ", ".join(f"{k} {v:.0f}s" for k, v in stages.timings.items()) + ")")
-    html = getattr(report, "html", None) or (root / "report" / "report.html")
-    print(f"report: {Path(html).resolve()}")
-    print(f"outputs: {root.resolve()}")
-    print("\n" + verdict_sentence(result, "molma", result.objectives))
+    print(f"report: {Path(html).resolve()}\nevidence: {(root / 'evidence.md').resolve()}")
+    # last: the table with paired tests; it ends with the one-sentence verdict
+    print(f"\nMOLMA against each model ({len(result.prompt_ids)} held-out prompts, judged by RMhelp / RMsafe; "
+          "RMhelp is trained on builtin pairs: no real helpfulness preference data is reachable offline):")
+    text = result.win_rate_text()
+    print(text)
+    verdict = verdict_sentence(result, "molma", result.objectives)
+    if verdict not in text:
+        print("\n" + verdict)
     return root
