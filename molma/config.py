@@ -289,10 +289,17 @@ def load_config(
     path: str | Path | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
     section: str | None = None,
+    *,
+    extra_keys: Iterable[str] = (),
+    extras: dict[str, Any] | None = None,
 ) -> T:
     """Load ``cls`` from an optional YAML file (or one ``section`` of it), then apply overrides.
 
     ``overrides`` is either ``["key=value", ...]`` from the command line or an already-nested mapping.
+    ``extra_keys``: top-level keys that are not fields of ``cls`` but mean something to the caller (e.g.
+    ``threads``, or ``processes`` that a trainer writes into a run's ``config.yaml``); they are taken out
+    of the file and the overrides instead of being refused, and their values (an override's over the
+    file's) are put into ``extras`` when it is given.
     """
     data: dict[str, Any] = {}
     source = "defaults"
@@ -304,8 +311,14 @@ def load_config(
                 raise ConfigError(f"{path}: no section {section!r} (sections: {', '.join(data)})")
             data = data[section] or {}
             source = f"{path} [{section}]"
-    key_sources = {key: source for key in data}  # where each key was set, for the error messages
     over = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    for key in extra_keys:
+        for found in (data, over):
+            if key in found:
+                value = found.pop(key)
+                if extras is not None:
+                    extras[key] = value
+    key_sources = {key: source for key in data}  # where each key was set, for the error messages
     if over:
         for key, value in over.items():  # a mapping set in the file and changed on the command line: both
             merged = key in key_sources and isinstance(value, Mapping) and isinstance(data[key], Mapping)

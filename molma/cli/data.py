@@ -38,11 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = sub.add_parser(
         "inspect",
         help="counts, length statistics, first records and all errors of a dataset",
-        description="Summarize a dataset: a file (JSONL, JSON array, CSV/TSV, optionally gzipped), "
+        description="Summarize a dataset: a file (JSONL, JSON array, CSV/TSV, optionally gzipped; Parquet or "
+        "Arrow through datasets), a datasets save_to_disk folder, a data_files-style glob ('shards/*.parquet'), "
         "builtin:help / builtin:safe (pairs) / builtin:prompts_help / builtin:prompts_safe, or "
-        "hub:NAME?split=..&data_dir=.. (needs network).",
+        "hub:NAME?split=..&data_dir=.. (needs network). TRL's conversational formats (message lists) are "
+        "read too. Pairs are judged as reward-model training judges them (an empty reply is invalid).",
     )
-    inspect.add_argument("source", help="path, builtin:NAME or hub:NAME")
+    inspect.add_argument("source", help="path, folder, glob, builtin:NAME or hub:NAME")
     formats = sorted({*PAIR_FORMATS, *PROMPT_FORMATS, "auto"})
     inspect.add_argument("--format", default="auto", choices=formats, help="dataset format (default: auto)")
     inspect.add_argument("--objective", help="help or safe (selects PKU-SafeRLHF's label)")

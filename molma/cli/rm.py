@@ -2,6 +2,9 @@
 
     molma rm train --objective safe --data builtin --base smollm2-135m-instruct --config configs/rm/demo.yaml
     molma rm eval --model runs/rm-help --model runs/rm-safe --data builtin:help --data builtin:safe
+
+``rm eval`` marks the pairs a reward-model folder was trained on and averages real and builtin sets
+apart (see :func:`molma.rewards.evaluate.format_table`).
 """
 
 from __future__ import annotations
@@ -31,15 +34,20 @@ def register(subparsers: Any) -> None:
                "  molma rm train --objective safe --data hh.jsonl.gz[:1500] finetune=lora lora.r=8 epochs=2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--objective", help="objective name: help, safe or any other (default: help)")
-    train.add_argument("--data", help="pairs: a file, builtin (= builtin:<objective>), builtin:help, "
+    train.add_argument("--data", help="pairs: a file (JSONL/CSV/Parquet, HH-RLHF, PKU, SHP, TRL conversational), "
+                                      "a save_to_disk folder, a glob, builtin (= builtin:<objective>), builtin:help, "
                                       "builtin:safe, hub:NAME?split=...; optional [start:stop] suffix")
     train.add_argument("--base", help="backbone: smollm2-135m-instruct (builtin), a hub id or a local folder")
-    train.add_argument("--output", "-o", dest="output_dir",
-                       help="checkpoint folder (default runs/rm-<objective>)")
+    train.add_argument("--out", "--output", "-o", dest="output_dir",
+                       help="checkpoint folder (default runs/rm-<objective>); -o / --output are aliases")
+    train.add_argument("--threads", type=int,
+                       help="torch CPU threads, set before the model loads (default: the config's 'threads:', "
+                            "else torch's default)")
     train.add_argument("--config", help="YAML file with RewardTrainConfig keys")
     train.add_argument("--section", help="read this top-level section of the YAML file (e.g. rm)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, e.g. learning_rate=1e-4 lora.r=8 train_top_layers=4")
+                       help="config overrides, e.g. learning_rate=1e-4 lora.r=8 train_top_layers=4 "
+                            "skip_invalid=true")
     train.set_defaults(func=run_train)
 
     ev = sub.add_parser(
@@ -57,6 +65,9 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--max-length", type=int, default=512)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--skip-invalid", action="store_true", help="skip bad rows instead of stopping")
+    ev.add_argument("--exclude-train", action="store_true",
+                    help="leave out the pairs a model was trained on (default: score them, mark the set with *, "
+                         "and report the accuracy on the other pairs)")
     ev.add_argument("--out", default="rm-eval",
                     help="folder for results.csv and results.json (default rm-eval)")
     ev.set_defaults(func=run_eval)
@@ -77,8 +88,17 @@ def run_train(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = value
+    extras: dict[str, Any] = {}
+    config = load_config(RewardTrainConfig, args.config, overrides, section=args.section, extra_keys=("threads",),
+                         extras=extras)
+    threads = args.threads if args.threads is not None else extras.get("threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+        import torch
+
+        torch.set_num_threads(threads)
     try:
-        config = load_config(RewardTrainConfig, args.config, overrides, section=args.section)
         path = train_reward_model(config)
     except ConfigError:
         raise
@@ -93,8 +113,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         rows = evaluate_many(args.model, args.data, objective=args.objective, limit=args.limit,
-                             skip_invalid=args.skip_invalid, batch_size=args.batch_size,
-                             max_length=args.max_length, device=args.device)
+                             skip_invalid=args.skip_invalid, exclude_train=args.exclude_train,
+                             batch_size=args.batch_size, max_length=args.max_length, device=args.device)
     except (ValueError, FloatingPointError, RuntimeError, OSError) as err:
         return _fail("eval", err)
     print("\naccuracy (%), chosen scored higher; ties count as not correct")

@@ -1,7 +1,9 @@
 """Dataset inspection: counts, text-length statistics, multi-turn share, first records and every error.
 
 Used by ``molma data inspect``; reads with ``skip_invalid=True`` so that all bad rows are reported, not
-only the first.
+only the first. Preference pairs are judged by the rule reward-model training and evaluation apply
+(:func:`molma.data.readers.pair_problem`: an empty reply, as some HH-RLHF dialogues have, makes a pair
+invalid), so ``molma data inspect`` and ``molma rm train`` agree on what is valid.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from molma.data.chat import to_messages
-from molma.data.readers import ReadReport, Source, detect_kind, read_preferences, read_prompts
+from molma.data.readers import (
+    DataFormatError,
+    ReadReport,
+    Source,
+    detect_kind,
+    pair_problem,
+    read_preferences,
+    read_prompts,
+)
 from molma.data.records import PreferencePair, Prompt
 
 
@@ -77,6 +87,14 @@ class Inspection:
         }
 
 
+def _located(err: DataFormatError, source: str) -> DataFormatError:
+    """``err`` (made with a pair's ``file:line`` source as its path) with the line split off."""
+    path, sep, line = source.rpartition(":")
+    if sep and line.isdigit():
+        return DataFormatError(err.reason, path, int(line), err.field)
+    return err
+
+
 def _is_multi_turn(prompt: str) -> bool:
     return sum(m["role"] == "user" for m in to_messages(prompt)) > 1
 
@@ -103,16 +121,27 @@ def inspect_data(
         else:
             kind = detect_kind(source)
     if kind == "pairs":
-        pairs = read_preferences(source, format=format, objective=objective, columns=columns,
-                                 skip_invalid=True, limit=limit)
-        report = pairs.report
+        read = read_preferences(source, format=format, objective=objective, columns=columns,
+                                skip_invalid=True, limit=limit)
+        report = read.report
+        empty = {"chosen": sum(not p.chosen.strip() for p in read),
+                 "rejected": sum(not p.rejected.strip() for p in read)}
+        pairs = []
+        for pair in read:  # the rule of reward-model training (molma.rewards.validate_pairs)
+            problem = pair_problem(pair, pair.source)
+            if problem is None:
+                pairs.append(pair)
+            else:
+                report.errors.append(_located(problem, pair.source))
+        if len(pairs) < len(read):
+            report.errors.sort(key=lambda e: (e.line is None, e.line or 0))
+            report.records = len(pairs)
         prompts = [p.prompt for p in pairs]
         lengths = {
             "prompt": LengthStats.of(prompts),
             "chosen": LengthStats.of([p.chosen for p in pairs]),
             "rejected": LengthStats.of([p.rejected for p in pairs]),
         }
-        empty = {"chosen": sum(not p.chosen for p in pairs), "rejected": sum(not p.rejected for p in pairs)}
         records: list[Any] = pairs
         tags: dict[str, int] = {}
     elif kind == "prompts":
@@ -162,7 +191,8 @@ def format_inspection(result: Inspection, max_errors: int = 20) -> str:
     for name, s in result.lengths.items():
         lines.append(f"  {name:<9} mean {s.mean:8.1f}   min {s.min:6d}   max {s.max:6d}")
     if any(result.empty_replies.values()):
-        lines.append("empty replies: " + ", ".join(f"{k} {v}" for k, v in result.empty_replies.items()))
+        lines.append("empty replies: " + ", ".join(f"{k} {v}" for k, v in result.empty_replies.items())
+                     + " (invalid for reward models; molma rm train skips such pairs with skip_invalid=true)")
     if result.tags:
         lines.append("tags:     " + ", ".join(f"{k} {v}" for k, v in sorted(result.tags.items())))
     for i, record in enumerate(result.examples, 1):

@@ -14,10 +14,23 @@ Formats (``format=``; ``"auto"`` detects them from the field names when that is 
   / ``column=`` pick others).
 
 Containers: JSONL, a JSON array (Alpaca's ``alpaca_data.json``), CSV/TSV (by suffix); gzip is detected
-from its magic bytes. A ``source`` is a path, ``builtin:help`` / ``builtin:pairs_safe`` / ...,
-``hub:NAME?split=test&data_dir=harmless-base&name=CONFIG`` (``datasets.load_dataset``; well-known names
-such as ``Anthropic/hh-rlhf`` work without the prefix), or an iterable of mappings (e.g. a
-``datasets.Dataset`` or a list of dicts).
+from its magic bytes. Through ``datasets`` itself: Parquet and Arrow files (``.parquet``, ``.arrow``) and
+folders written by ``Dataset.save_to_disk`` (a ``DatasetDict`` folder with several splits: name one,
+``FOLDER/test``). A ``source`` is a path, a ``data_files=``-style glob (``data/train-*.parquet``,
+``shards/**/*.jsonl.gz``; resolved as ``datasets`` resolves ``data_files``, each file read as above, one
+combined report), ``builtin:help`` / ``builtin:pairs_safe`` / ...,
+``hub:NAME?split=test&data_dir=harmless-base&name=CONFIG&data_files=PATTERN`` (``datasets.load_dataset``;
+well-known names such as ``Anthropic/hh-rlhf`` work without the prefix), or an iterable of mappings (e.g.
+a ``datasets.Dataset`` or a list of dicts). In binary containers (Parquet, Arrow, ``save_to_disk``) the
+"line" of an error is the row number (from 1).
+
+TRL's conversational formats are read too: ``prompt`` / ``chosen`` / ``rejected`` as lists of chat
+messages (``[{"role": "user", "content": ...}]``; ``chosen`` / ``rejected`` one assistant message each),
+the implicit-prompt form (only ``chosen`` / ``rejected``, whole dialogues sharing every message but the
+final assistant reply) and prompt-only datasets (``prompt`` as a message list). A one-message prompt
+becomes its text, a longer dialogue an HH transcript (``Human: ...\\n\\nAssistant:``), so both read
+to the same records as the equivalent JSONL and render to the same chat messages
+(:func:`molma.data.chat.to_messages`). System messages are not supported (an error names them).
 
 Every bad row raises :class:`DataFormatError` naming file, line and field. With ``skip_invalid=True``
 bad rows are skipped instead; the returned :class:`Records` list carries a :class:`ReadReport`
@@ -221,6 +234,118 @@ def _check_distinct(chosen: str, rejected: str, chosen_field: str, rejected_fiel
         raise DataFormatError(f"identical to '{chosen_field}'", field=rejected_field)
 
 
+# ----------------------------------------------------------------------------- chat-message values
+
+
+_SPEAKER = {"user": "Human", "assistant": "Assistant"}
+
+
+def is_messages(value: Any) -> bool:
+    """Whether ``value`` is a non-empty list of chat messages (mappings with ``role`` and ``content``)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value))
+
+
+def _messages(value: Any, key: str) -> list[tuple[str, str]]:
+    """``(role, content)`` of a message list; only user and assistant turns with text content."""
+    out = []
+    for i, message in enumerate(value):
+        role, content = message.get("role"), message.get("content")
+        if role not in _SPEAKER:
+            raise DataFormatError(f"message {i}: role {role!r} is not supported (expected user or assistant)",
+                                  field=key)
+        if not isinstance(content, str):
+            raise DataFormatError(f"message {i}: expected text content, got {_type_name(content)}", field=key)
+        out.append((role, content.strip()))
+    return out
+
+
+def _transcript(messages: Sequence[tuple[str, str]], key: str) -> str:
+    """Prompt text of the messages before a reply: one user message -> its text; a dialogue -> an HH
+    transcript ``Human: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant:``."""
+    if not messages:
+        raise DataFormatError("no messages before the reply", field=key)
+    if messages[-1][0] != "user":
+        raise DataFormatError("the last prompt message must be the user's (the reply follows it)", field=key)
+    if not messages[-1][1]:
+        raise DataFormatError("the last user message is empty", field=key)
+    if len(messages) == 1:
+        return messages[0][1]
+    text = "".join(f"\n\n{_SPEAKER[role]}:" + (f" {text}" if text else "") for role, text in messages)
+    return text.lstrip() + _ASSISTANT  # stripped, as a plain file's prompt column is
+
+
+def messages_to_prompt(messages: Sequence[Mapping[str, Any]], key: str = "prompt") -> str:
+    """Prompt text for a list of chat messages ending with the user's turn (see the module docstring)."""
+    if not is_messages(messages):
+        raise DataFormatError("expected a list of chat messages with 'role' and 'content'", field=key)
+    return _transcript(_messages(messages, key), key)
+
+
+def _prompt_text(row: Row, key: str) -> str:
+    """``row[key]`` as prompt text: text, or a list of chat messages (TRL's conversational format)."""
+    value = row.get(key)
+    if is_messages(value):
+        return _transcript(_messages(value, key), key)
+    return _text(row, key).strip()
+
+
+def _reply_text(row: Row, key: str) -> str:
+    """``row[key]`` as a reply: text, or a list holding one assistant message (TRL's explicit-prompt form)."""
+    value = row.get(key)
+    if is_messages(value):
+        messages = _messages(value, key)
+        if len(messages) != 1 or messages[0][0] != "assistant":
+            raise DataFormatError(f"expected one assistant message, got {len(messages)} message(s) with roles "
+                                  f"{[r for r, _ in messages]}", field=key)
+        if not messages[0][1]:
+            raise DataFormatError("empty text", field=key)
+        return messages[0][1]
+    return _text(row, key).strip()
+
+
+def _dialogue(row: Row, key: str) -> tuple[list[tuple[str, str]], str]:
+    """(context messages, final assistant reply) of a whole dialogue given as chat messages."""
+    messages = _messages(row[key], key)
+    if len(messages) < 2 or messages[-1][0] != "assistant":
+        raise DataFormatError("expected a dialogue ending with the assistant's reply", field=key)
+    return messages[:-1], messages[-1][1]
+
+
+def _dialogue_pair(row: Row) -> tuple[str, str, str]:
+    """TRL's implicit-prompt conversational pair: two dialogues sharing all messages but the last."""
+    if not is_messages(row.get("rejected")):
+        raise DataFormatError("expected a list of chat messages like 'chosen'", field="rejected")
+    context, chosen = _dialogue(row, "chosen")
+    rejected_context, rejected = _dialogue(row, "rejected")
+    if context != rejected_context:
+        at = next((i for i, (a, b) in enumerate(zip(context, rejected_context)) if a != b),
+                  min(len(context), len(rejected_context)))
+        raise DataFormatError(f"dialogue context differs from 'chosen' (first difference at message {at})",
+                              field="rejected")
+    _check_distinct(chosen, rejected, "chosen", "rejected")
+    return _transcript(context, "chosen"), chosen, rejected
+
+
+def pair_problem(pair: Any, origin: str = "") -> DataFormatError | None:
+    """Why a pair cannot train or evaluate a reward model (missing or empty text, identical replies), or
+    None. The one rule shared by :func:`molma.rewards.validate_pairs` and ``molma data inspect``."""
+    if not isinstance(pair, PreferencePair):
+        return DataFormatError(f"expected a PreferencePair, got {type(pair).__name__}", origin)
+    for name in ("prompt", "chosen", "rejected"):
+        value = getattr(pair, name)
+        if value is None:
+            return DataFormatError("missing", origin, field=name)
+        if not isinstance(value, str):
+            return DataFormatError(f"expected text, got {type(value).__name__}", origin, field=name)
+        if not value.strip():
+            return DataFormatError("empty text", origin, field=name)
+    if pair.chosen.strip() == pair.rejected.strip():
+        return DataFormatError("identical to 'chosen' (a pair needs two different responses)", origin,
+                               field="rejected")
+    return None
+
+
 def normalize_objective(objective: str) -> str:
     """``"help"`` or ``"safe"`` from an objective name or alias (helpful, safety, harmless, ...)."""
     key = str(objective).strip().lower()
@@ -312,7 +437,7 @@ def pair_from_row(
     """
     fmt = normalize_format(format, "pairs")
     if fmt == "hh":
-        prompt, chosen, rejected = _hh_pair(row)
+        prompt, chosen, rejected = _dialogue_pair(row) if is_messages(row.get("chosen")) else _hh_pair(row)
     elif fmt == "pku":
         if objective is None:
             raise ValueError("PKU-SafeRLHF needs objective='help' (better_response_id) or 'safe' "
@@ -329,9 +454,9 @@ def pair_from_row(
         chosen, rejected = (a, b) if _binary_choice(row, "labels") == 1 else (b, a)
     elif fmt == "columns":
         names = _pair_columns(columns)
-        prompt = _text(row, names["prompt"]).strip()
-        chosen = _text(row, names["chosen"]).strip()
-        rejected = _text(row, names["rejected"]).strip()
+        prompt = _prompt_text(row, names["prompt"])
+        chosen = _reply_text(row, names["chosen"])
+        rejected = _reply_text(row, names["rejected"])
         _check_distinct(chosen, rejected, names["chosen"], names["rejected"])
     else:  # pragma: no cover - normalize_format rejects anything else
         raise ValueError(f"cannot read pairs from format {fmt!r}")
@@ -368,12 +493,15 @@ def prompt_from_row(
     """
     fmt = normalize_format(format, "prompts")
     if fmt == "hh":
-        text, _ = split_hh_transcript(_text(row, "chosen"), "chosen")
+        if is_messages(row.get("chosen")):
+            text = _transcript(_dialogue(row, "chosen")[0], "chosen")
+        else:
+            text, _ = split_hh_transcript(_text(row, "chosen"), "chosen")
     elif fmt == "alpaca":
         text = _alpaca_prompt(row)
     else:
         name = column or {"pku": "prompt", "shp": "history"}.get(fmt, "prompt")
-        text = _text(row, name).strip()
+        text = _prompt_text(row, name)
     if first_turn:
         messages = to_messages(text)
         users = [m["content"] for m in messages if m["role"] == "user"]
@@ -613,14 +741,16 @@ def _open_file(path: Path, display: str) -> _Rows:
 
 
 def parse_hub_source(source: str) -> tuple[str, dict[str, str]]:
-    """``"hub:NAME?split=test&data_dir=x&name=cfg&revision=r"`` -> ``(NAME, options)``."""
+    """``"hub:NAME?split=test&data_dir=x&name=cfg&revision=r&data_files=p"`` -> ``(NAME, options)``
+    (``NAME`` may be a ``datasets`` builder such as ``parquet`` or ``json`` with ``data_files``)."""
     spec = source.removeprefix("hub:")
     name, _, query = spec.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=False, strict_parsing=False))
-    unknown = set(options) - {"split", "data_dir", "name", "revision"}
+    unknown = set(options) - {"split", "data_dir", "name", "revision", "data_files"}
     if unknown or not name.strip():
         raise ValueError(
-            f"bad hub source {source!r}: expected hub:NAME[?split=..&data_dir=..&name=..&revision=..]")
+            f"bad hub source {source!r}: expected "
+            "hub:NAME[?split=..&data_dir=..&name=..&revision=..&data_files=..]")
     options.setdefault("split", "train")
     return name.strip(), options
 
@@ -650,12 +780,118 @@ def _rows_from_iterable(rows: Iterable[Any], display: str) -> _Rows:
             else:
                 yield n, DataFormatError(f"expected a mapping, got {_type_name(row)}", display, n)
 
-    return _Rows(display, items())
+    generator = items()  # closed after reading: a half-read streaming dataset stops its workers then
+    return _Rows(display, generator, close=generator.close)
+
+
+#: File suffixes read through ``datasets`` (builder name).
+DATASETS_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+
+
+def saved_dataset_splits(path: Path) -> list[str] | None:
+    """Splits of a ``DatasetDict.save_to_disk`` folder, ``[]`` for a ``Dataset.save_to_disk`` folder, None
+    for anything else."""
+    if (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits")
+        except (OSError, ValueError, AttributeError):
+            splits = None
+        return [str(s) for s in splits] if isinstance(splits, list) else sorted(
+            p.name for p in path.iterdir() if (p / "state.json").is_file())
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return []
+    return None
+
+
+def _open_saved(path: Path, display: str) -> _Rows:
+    """A ``save_to_disk`` folder, through ``datasets.load_from_disk``."""
+    splits = saved_dataset_splits(path)
+    if splits:
+        if len(splits) > 1:
+            raise DataFormatError(f"a DatasetDict folder with splits {', '.join(splits)}: name one as "
+                                  f"{display.rstrip('/')}/{splits[0]}", display)
+        path, display = path / splits[0], f"{display.rstrip('/')}/{splits[0]}"
+    import datasets
+
+    dataset = datasets.load_from_disk(str(path))
+    return _rows_from_iterable(dataset, display)
+
+
+def _open_with_datasets(builder: str, path: Path, display: str) -> _Rows:
+    """A Parquet / Arrow file, streamed through ``datasets.load_dataset`` (no cache is written)."""
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {display}")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(builder, data_files=[str(path)], split="train", streaming=True)
+    except Exception as err:  # noqa: BLE001 - pyarrow / datasets raise many kinds for a bad file
+        raise DataFormatError(f"unreadable {builder} file ({type(err).__name__}: {err})", display) from None
+    return _rows_from_iterable(dataset, display)
+
+
+def _open_path(path: Path, display: str) -> _Rows:
+    if path.is_dir() and saved_dataset_splits(path) is not None:
+        return _open_saved(path, display)
+    builder = DATASETS_SUFFIXES.get(path.suffix.lower())
+    if builder is not None:
+        return _open_with_datasets(builder, path, display)
+    return _open_file(path, display)
+
+
+def glob_files(source: Source) -> list[str] | None:
+    """The files a ``data_files=``-style glob matches (sorted; resolved by ``datasets``, which also skips
+    hidden files), or None when ``source`` is not a glob (or names an existing path)."""
+    if not isinstance(source, str) or source.startswith(("builtin:", "hub:")) or not any(c in source for c in "*?["):
+        return None
+    if Path(source).expanduser().exists() or _is_hub_source(source):
+        return None
+    from datasets.data_files import resolve_pattern
+
+    try:
+        files = resolve_pattern(str(Path(source).expanduser()), base_path=".")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no data files match {source}") from None
+    files = sorted(f.removeprefix("file://") for f in files)
+    if not files:
+        raise FileNotFoundError(f"no data files match {source}")
+    return files
+
+
+def _read_glob(files: list[str], source: str, read: Callable[..., Records[T]], limit: int | None,
+               key: Callable[[T], str] | None = None) -> Records[T]:
+    """Every file of a glob read by ``read(file, limit=...)``, combined into one list and one report."""
+    report = ReadReport(source=source)
+    out: Records[T] = Records(report=report)
+    seen: set[str] = set()
+    formats = []
+    for path in files:
+        remaining = None if limit is None else limit - len(out)
+        if remaining == 0:
+            report.complete = False
+            break
+        part = read(path, limit=remaining)
+        formats.append(part.report.format)
+        report.rows += part.report.rows
+        report.duplicates += part.report.duplicates
+        report.errors += part.report.errors
+        report.complete = report.complete and part.report.complete
+        for record in part:
+            if key is not None:
+                k = key(record)
+                if k in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(k)
+            out.append(record)
+    report.format = "+".join(dict.fromkeys(f for f in formats if f))
+    report.records = len(out)
+    return out
 
 
 def _open_source(source: Source, kind: str, limit: int | None) -> _Rows:
     if isinstance(source, Path):
-        return _open_file(source, str(source))
+        return _open_path(source, str(source))
     if isinstance(source, str):
         if source.startswith("builtin:"):
             from molma.data.builtin import builtin_file
@@ -664,7 +900,7 @@ def _open_source(source: Source, kind: str, limit: int | None) -> _Rows:
             return _open_file(path, f"builtin:{path.name}")
         if _is_hub_source(source):
             return _open_hub(source, limit)
-        return _open_file(Path(source).expanduser(), source)
+        return _open_path(Path(source).expanduser(), source)
     if isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
         raise TypeError(f"source: expected a path, a source name or an iterable of rows, got {source!r:.60}")
     return _rows_from_iterable(source, "<rows>")
@@ -773,6 +1009,11 @@ def read_preferences(
     """
     _check_limit(limit)
     fmt = normalize_format(format, "pairs")
+    files = glob_files(source)
+    if files is not None:
+        return _read_glob(files, str(source), lambda path, limit: read_preferences(
+            path, format=format, objective=objective, columns=columns, skip_invalid=skip_invalid, limit=limit),
+            limit)
     if columns is not None and fmt == "auto":
         fmt = "columns"
     if objective is not None:
@@ -832,6 +1073,11 @@ def read_prompts(
     """
     _check_limit(limit)
     fmt = normalize_format(format, "prompts")
+    files = glob_files(source)
+    if files is not None:
+        return _read_glob(files, str(source), lambda path, limit: read_prompts(
+            path, format=format, tag=tag, column=column, skip_invalid=skip_invalid, limit=limit,
+            first_turn=first_turn, dedupe=dedupe), limit, key=(lambda p: p.text) if dedupe else None)
     if column is not None and fmt == "auto":
         fmt = "columns"
     rows = _open_source(source, "prompts", limit)
@@ -875,6 +1121,9 @@ def detect_kind(source: Source) -> str:
     """
     if isinstance(source, str) and source.startswith("builtin:"):
         return "prompts" if source.removeprefix("builtin:").startswith("prompts") else "pairs"
+    files = glob_files(source)
+    if files is not None:
+        return detect_kind(files[0])
     rows = _open_source(source, "pairs", None)
     try:
         fields, _, _ = _peek_fields(rows)

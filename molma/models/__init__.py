@@ -1,5 +1,14 @@
-"""Models layer: load causal LMs (builtin embedded SmolLM2, hub ids, local paths), LoRA, tiny test models."""
+"""Models layer: load causal LMs (builtin embedded SmolLM2, hub ids, local paths), LoRA, tiny test models;
+portable policy folders and model cards (:mod:`molma.models.cards`)."""
 
+from molma.models.cards import (
+    BUILTIN_HUB_IDS,
+    export_policy,
+    policy_card,
+    public_model_id,
+    reward_model_card,
+    write_reward_model_card,
+)
 from molma.models.loading import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
@@ -17,8 +26,8 @@ from molma.models.sharding import is_peft, shard_model, transformer_blocks
 from molma.models.tiny import tiny_llama, tiny_llama_config
 
 __all__ = [
-    "BUILTIN_MODELS", "DEFAULT_MODEL", "LoraSettings", "ModelNotAvailableError", "apply_lora",
-    "builtin_model_path", "cache_dir", "disable_dropout", "is_peft", "load_model", "load_tokenizer",
-    "resolve_model_path",
+    "BUILTIN_HUB_IDS", "BUILTIN_MODELS", "DEFAULT_MODEL", "LoraSettings", "ModelNotAvailableError", "apply_lora",
+    "builtin_model_path", "cache_dir", "disable_dropout", "export_policy", "is_peft", "load_model", "load_tokenizer",
+    "policy_card", "public_model_id", "resolve_model_path", "reward_model_card", "write_reward_model_card",
     "shard_model", "tiny_llama", "tiny_llama_config", "transformer_blocks",
 ]

@@ -17,6 +17,7 @@ from molma.rewards.objective import (
     RewardFunction,
     banned_words_reward,
     check_finite,
+    check_objective_spec,
     length_reward,
     load_objective,
     register_rule,
@@ -26,7 +27,7 @@ from molma.rewards.train import RewardTrainConfig, build_reward_model, train_rew
 __all__ = [
     "DEFAULT_BANNED_WORDS", "METADATA_FILE", "RULES", "NonFiniteRewardError", "Objective", "RewardFunction",
     "RewardModel", "RewardTrainConfig", "banned_words_reward", "build_reward_model", "check_finite",
-    "data_label", "encode_dialogues", "evaluate_many", "evaluate_reward_model", "format_table",
+    "check_objective_spec", "data_label", "encode_dialogues", "evaluate_many", "evaluate_reward_model", "format_table",
     "length_reward", "load_objective", "load_pairs", "pairwise_accuracy", "parse_data_spec",
     "preference_loss", "register_rule", "render_for_scoring", "score_stats", "train_reward_model",
     "validate_pairs", "write_results",

@@ -109,28 +109,13 @@ def validate_pairs(pairs: Sequence[PreferencePair], skip_invalid: bool = False,
     ``skip_invalid`` (then it is dropped and counted, with one warning).
     """
     from molma.data import DataFormatError
+    from molma.data.readers import pair_problem
 
     valid: list[PreferencePair] = []
     errors: list[DataFormatError] = []
     for i, pair in enumerate(pairs):
         origin = getattr(pair, "source", "") or f"{where}[{i}]"
-        err = None
-        if not isinstance(pair, PreferencePair):
-            err = DataFormatError(f"expected a PreferencePair, got {type(pair).__name__}", origin)
-        else:
-            for field in ("prompt", "chosen", "rejected"):
-                value = getattr(pair, field)
-                if value is None:
-                    err = DataFormatError("missing", origin, field=field)
-                elif not isinstance(value, str):
-                    err = DataFormatError(f"expected text, got {type(value).__name__}", origin, field=field)
-                elif not value.strip():
-                    err = DataFormatError("empty text", origin, field=field)
-                if err is not None:
-                    break
-            if err is None and pair.chosen.strip() == pair.rejected.strip():
-                err = DataFormatError("identical to 'chosen' (a pair needs two different responses)", origin,
-                                      field="rejected")
+        err = pair_problem(pair, origin)  # the rule `molma data inspect` counts invalid pairs by
         if err is None:
             valid.append(pair)
         elif skip_invalid:
@@ -144,3 +129,31 @@ def validate_pairs(pairs: Sequence[PreferencePair], skip_invalid: bool = False,
         raise ValueError(f"{where}: no valid preference pairs"
                          + (f" ({len(errors)} invalid, first: {errors[0]})" if errors else ""))
     return valid, len(errors)
+
+
+# ------------------------------------------------------------------------ what a reward model trained on
+
+TRAINING_PAIRS_FILE = "molma_rm_train_pairs.json"
+"""Beside a reward-model checkpoint: hashes of its training pairs and prompts (for overlap checks)."""
+
+
+def _digest(*parts: str) -> str:
+    import hashlib
+
+    return hashlib.sha256("\x1f".join(p.strip() for p in parts).encode("utf-8")).hexdigest()[:16]
+
+
+def pair_key(pair: PreferencePair) -> str:
+    """Hash of a pair's (prompt, chosen, rejected), whitespace at the ends ignored."""
+    return _digest(pair.prompt, pair.chosen, pair.rejected)
+
+
+def prompt_key(prompt: str) -> str:
+    """Hash of a prompt, whitespace at the ends ignored."""
+    return _digest(prompt)
+
+
+def training_record(pairs: Sequence[PreferencePair]) -> dict:
+    """The content of :data:`TRAINING_PAIRS_FILE` for ``pairs``."""
+    return {"hash": "sha256 of the stripped texts joined by U+001F, first 16 hex digits",
+            "pairs": sorted({pair_key(p) for p in pairs}), "prompts": sorted({prompt_key(p.prompt) for p in pairs})}

@@ -5,6 +5,12 @@ Rendering and tokenisation live here and are shared by training and scoring, so 
 same text format as the RL policy (:func:`molma.data.chat.render_dialogue`). Too-long inputs are cut from
 the LEFT (the start of the prompt goes first, the response and the final tokens, where the score is read,
 are kept).
+
+Newly saved checkpoints (``molma_rm.json`` records ``scoring``) carry a chat template that renders exactly this text
+(:func:`plain_scoring_template`), so plain transformers (``apply_chat_template`` +
+``AutoModelForSequenceClassification``, a ``pipeline``, TRL) gives the same scores as
+:meth:`RewardModel.score`; older checkpoints score as they always did (and can be upgraded with
+:func:`make_checkpoint_plain_compatible`, which leaves molma's own scores unchanged).
 """
 
 from __future__ import annotations
@@ -45,6 +51,122 @@ def render_for_scoring(tokenizer: Any, prompt: str, response: str) -> str:
     turns = [*to_messages(prompt), {"role": "assistant", "content": response.strip()}]
     names = {"user": "Human", "assistant": "Assistant", "system": "System"}
     return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in turns)
+
+
+# ---------------------------------------------------- the same text under plain transformers (new checkpoints)
+
+SCORING_TEMPLATE_MARK = "molma_scoring_text"
+"""Jinja variable naming the captured text in a chat template made by :func:`plain_scoring_template`
+(its presence marks a checkpoint whose template renders exactly molma's scoring text)."""
+
+_TEMPLATE_CHECKS: tuple[tuple[list[dict[str, str]], bool], ...] = (
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}], False),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello."}], False),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+      {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Fine."}], False),
+    ([{"role": "user", "content": "Hi"}], True),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+      {"role": "user", "content": "How are you?"}], True),
+)
+
+
+def plain_scoring_template(template: str) -> str:
+    """``template`` wrapped so that, rendered without a generation prompt, it drops trailing whitespace:
+    ``apply_chat_template(dialogue)`` then gives exactly the text molma scores (:func:`render_for_scoring`:
+    the dialogue ends at the reply's end-of-turn token, not at the newline the template adds after it).
+    With ``add_generation_prompt=True`` the text is the template's own, unchanged."""
+    mark = SCORING_TEMPLATE_MARK
+    return ("{%- set " + mark + " %}" + template + "{% endset -%}"
+            "{{ " + mark + " if add_generation_prompt else " + mark + ".rstrip() }}")
+
+
+def uses_plain_scoring_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders molma's scoring text (see :func:`plain_scoring_template`)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and SCORING_TEMPLATE_MARK in template
+
+
+def make_template_plain_compatible(tokenizer: Any) -> bool:
+    """Give ``tokenizer`` the chat template of :func:`plain_scoring_template` (in place) so that plain
+    transformers (``apply_chat_template`` + ``AutoModelForSequenceClassification``, a ``pipeline``, TRL)
+    feeds a reward model the very text molma trained and scores it on.
+
+    The wrapped template is checked on sample dialogues: without a generation prompt it must render the
+    old text minus trailing whitespace, with one the old text unchanged; if not (an unusual template), the
+    tokenizer is left as it was. Molma's own scoring text is the same either way. Returns True when the
+    tokenizer's template now renders the scoring text (also when it already did), False otherwise (no chat
+    template, several named templates, or the check failed).
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        return False
+    if SCORING_TEMPLATE_MARK in template:
+        return True
+    wrapped = plain_scoring_template(template)
+    checked = 0
+    for messages, generation in _TEMPLATE_CHECKS:
+        try:
+            tokenizer.chat_template = template
+            old = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        except Exception:  # noqa: BLE001 - a template may refuse e.g. system messages: not a case to check
+            continue
+        try:
+            tokenizer.chat_template = wrapped
+            new = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        except Exception as err:  # noqa: BLE001
+            log.warning("chat template left unchanged: the wrapped template fails (%s)", err)
+            tokenizer.chat_template = template
+            return False
+        if new != (old if generation else old.rstrip()):
+            log.warning("chat template left unchanged: the wrapped template renders differently")
+            tokenizer.chat_template = template
+            return False
+        checked += 1
+    tokenizer.chat_template = wrapped if checked else template
+    return bool(checked)
+
+
+def make_checkpoint_plain_compatible(path: str | Path) -> bool:
+    """Opt-in upgrade of a reward-model folder saved without that template (no ``scoring`` record in
+    ``molma_rm.json``): rewrite its tokenizer's chat template with :func:`make_template_plain_compatible` so
+    that plain transformers scores like molma. molma's own scores do not change (the text it scores is the
+    same). Returns whether the folder now renders the scoring text under plain transformers."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if uses_plain_scoring_template(tokenizer):
+        return True
+    if not make_template_plain_compatible(tokenizer):
+        return False
+    tokenizer.save_pretrained(folder)
+    meta_file = folder / METADATA_FILE
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta["scoring"] = scoring_record(tokenizer)
+        from molma.atomic import write_text_atomic
+
+        write_text_atomic(meta_file, json.dumps(meta, indent=2) + "\n")
+    return True
+
+
+def scoring_record(tokenizer: Any) -> dict[str, Any]:
+    """How a reward model's input is built and where its score is read (written to ``molma_rm.json``)."""
+    if not has_chat_template(tokenizer):
+        return {"text": "Human: ... / Assistant: ... transcript (no chat template), the tokenizer's special "
+                        "tokens added", "score_at": "last non-padding token", "plain_transformers": False}
+    plain = uses_plain_scoring_template(tokenizer)
+    return {
+        "text": "the dialogue through the chat template, without a generation prompt, trailing whitespace "
+                "dropped (it ends at the reply's end-of-turn token); no special tokens added",
+        "score_at": "last non-padding token (pad_token_id " f"{tokenizer.pad_token_id})",
+        "plain_transformers": plain,
+        "how": ("tokenizer.apply_chat_template(messages, return_dict=True, return_tensors='pt') -> "
+                "AutoModelForSequenceClassification(...).logits[:, 0]" if plain else
+                "apply_chat_template(messages, tokenize=False).rstrip(), then the tokenizer with "
+                "add_special_tokens=False"),
+    }
 
 
 def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -151,6 +151,71 @@ def _parse_rule_args(text: str, spec: str) -> dict[str, Any]:
     return kwargs
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+def _hub_offline() -> bool:
+    import os
+
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+           for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - a transformers dependency
+        return False
+
+
+def check_objective_spec(spec: str, name: str | None = None) -> None:
+    """Check an objective spec without loading any model (for early, fast errors): a known rule with
+    valid arguments; a reward-model folder that exists and holds ``config.json``; or a hub id
+    (``owner/name``). A spec that is neither an existing folder nor a plausible hub id (several slashes, a
+    leading ``.``, ``/`` or ``~``, no slash, or a first component that is a local folder, as in
+    ``runs/rm-hepl``) is an error, as is a hub id that is not in the local cache when the hub is offline
+    (``HF_HUB_OFFLINE=1``). Raises ``ValueError`` (``FileNotFoundError`` for a missing folder) naming the
+    objective."""
+    from pathlib import Path
+
+    from molma.models import BUILTIN_MODELS
+
+    label = f"objective {name!r}" if name else "objective"
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"{label}: empty spec; expected a reward-model folder, a hub id or rule:NAME")
+    if spec.startswith("rule:"):
+        load_objective(spec, name)  # builds a RewardFunction: cheap, and checks the rule and its arguments
+        return
+    if spec in BUILTIN_MODELS:
+        raise ValueError(f"{label}: {spec!r} is a language model, not a reward model; train one with "
+                         f"'molma rm train --base {spec}' and pass its folder")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{label}: {spec} is not a reward-model folder (no config.json)")
+        return
+    first = spec.split("/", 1)[0]
+    if (not _HUB_ID.match(spec) or spec.startswith(("/", ".", "~"))
+            or (Path(first).expanduser().is_dir() and first not in ("", "."))):
+        where = path.parent if path.parent.exists() else None
+        hint = ""
+        if where is not None:
+            near = sorted(p.name for p in where.iterdir() if p.is_dir() and (p / "config.json").is_file())[:8]
+            hint = f"; reward models in {where}: {', '.join(near)}" if near else f"; no reward models in {where}"
+        raise FileNotFoundError(f"{label}: reward-model folder {spec} not found{hint} (a hub model is "
+                                "named owner/name)")
+    if _hub_offline():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "config.json")
+        except Exception:  # noqa: BLE001 - a malformed id: treat as not cached
+            cached = None
+        if not isinstance(cached, str):
+            raise FileNotFoundError(f"{label}: {spec} is neither a local folder nor in the hub cache, and the "
+                                    "hub is offline (HF_HUB_OFFLINE)")
+
+
 def load_objective(spec: str, name: str | None = None, *, device: str | None = None,
                    **model_kwargs: Any) -> Objective:
     """Resolve an objective named as a string.

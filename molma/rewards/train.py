@@ -7,7 +7,12 @@ batch (one forward pass), and its loss is eq. 3.2. We feed it pre-tokenised ids 
 left-truncation, shared with the scorer), our AdamW with the paper's settings (parameter groups so the
 fresh head may use its own learning rate), a NaN guard and compact logs. The result is a plain Hugging
 Face sequence-classification checkpoint (num_labels = 1, LoRA merged, tokenizer + chat template,
-``pad_token_id`` set) plus ``molma_rm.json`` with the training metadata.
+``pad_token_id`` set) plus ``molma_rm.json`` with the training metadata, ``README.md`` (a model card) and
+``molma_rm_train_pairs.json`` (hashes of the training pairs, for ``molma rm eval``'s overlap check). The
+saved chat template renders exactly the text the model was trained on
+(:func:`molma.rewards.model.make_template_plain_compatible`), so plain transformers
+(``apply_chat_template`` + ``AutoModelForSequenceClassification``, or a ``text-classification`` pipeline,
+which returns the raw score: ``problem_type`` is ``regression``) scores as molma does.
 
 Defaults follow the paper (section 4.3): AdamW beta1 0.9, beta2 0.95, eps 1e-5, gradient clipping 1.0,
 learning rate 1e-5 with cosine decay to 10 %, weight decay 0, batch size 28, one epoch.
@@ -34,8 +39,14 @@ import torch
 from molma.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, UNIT, Range, check_ranges, to_dict
 from molma.data.records import PreferencePair
 from molma.models import DEFAULT_MODEL, LoraSettings
-from molma.rewards.data import load_pairs, validate_pairs
-from molma.rewards.model import METADATA_FILE, RewardModel, encode_dialogues
+from molma.rewards.data import TRAINING_PAIRS_FILE, load_pairs, training_record, validate_pairs
+from molma.rewards.model import (
+    METADATA_FILE,
+    RewardModel,
+    encode_dialogues,
+    make_template_plain_compatible,
+    scoring_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -372,24 +383,31 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
     from transformers import set_seed
     from trl import RewardConfig
 
+    from molma.data import DataFormatError
     from molma.rewards.evaluate import evaluate_reward_model
 
     t_start = time.perf_counter()
     set_seed(config.seed)
     source = "<pairs>" if pairs is not None else config.data
-    if pairs is None:
-        pairs = load_pairs(config.data, objective=config.objective, format=config.data_format,
-                           skip_invalid=config.skip_invalid)
-    n_read = len(pairs)
-    pairs, n_invalid = validate_pairs(pairs, skip_invalid=config.skip_invalid, where=source)
-    if config.limit is not None:
-        pairs = pairs[:config.limit]
-    if config.eval_data is not None:
-        train_pairs = list(pairs)
-        eval_pairs = validate_pairs(load_pairs(config.eval_data, objective=config.objective,
-                                               skip_invalid=config.skip_invalid),
-                                    skip_invalid=config.skip_invalid, where=config.eval_data)[0]
-    else:
+    try:
+        if pairs is None:
+            pairs = load_pairs(config.data, objective=config.objective, format=config.data_format,
+                               skip_invalid=config.skip_invalid)
+        n_read = len(pairs)
+        pairs, n_invalid = validate_pairs(pairs, skip_invalid=config.skip_invalid, where=source)
+        if config.limit is not None:
+            pairs = pairs[:config.limit]
+        if config.eval_data is not None:
+            train_pairs = list(pairs)
+            eval_pairs = validate_pairs(load_pairs(config.eval_data, objective=config.objective,
+                                                   skip_invalid=config.skip_invalid),
+                                        skip_invalid=config.skip_invalid, where=config.eval_data)[0]
+    except DataFormatError as err:
+        if config.skip_invalid:
+            raise
+        raise DataFormatError(f"{err.reason}; set skip_invalid=true to skip invalid pairs ('molma data inspect "
+                              "FILE' lists them all)", err.path, err.line, err.field) from None
+    if config.eval_data is None:
         train_pairs, eval_pairs = _split(list(pairs), config.eval_fraction, config.seed)
     log.info("objective %r: %d training pair(s), %d held out, from %s", config.objective, len(train_pairs),
              len(eval_pairs), source)
@@ -462,6 +480,13 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
 
     tokenizer.padding_side = "right"
     tokenizer.truncation_side = "left"
+    # plain transformers gets the text molma trained on (same text for molma: its scores do not change)
+    if not make_template_plain_compatible(tokenizer) and tokenizer.chat_template:
+        log.warning("the chat template could not be made to render the scoring text: plain transformers needs "
+                    "apply_chat_template(..., tokenize=False).rstrip() to score like molma")
+    model.config.problem_type = "regression"  # a text-classification pipeline returns the raw score
+    model.config.id2label = {0: config.objective}
+    model.config.label2id = {config.objective: 0}
     metadata = {
         "objective": config.objective,
         "base": config.base,
@@ -479,12 +504,18 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         "config": to_dict(config),
         "versions": _versions(),
         "loss": "eq. 3.2: -log(sigmoid(r(x, y_chosen) - r(x, y_rejected)))",
+        "scoring": scoring_record(tokenizer),
     }
 
     def write(folder: Path) -> None:
+        from molma.models.cards import write_reward_model_card
+
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
         (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        (folder / TRAINING_PAIRS_FILE).write_text(json.dumps(training_record(train_pairs)) + "\n",
+                                                  encoding="utf-8")
+        write_reward_model_card(folder, metadata)
 
     _save_atomic(out, write)
     log.info("saved reward model %r to %s (%.0f s in all)", config.objective, out, metadata["total_seconds"])

@@ -501,6 +501,10 @@ class MultiObjectiveTrainer:
                                     **({"state_dict": state} if state is not None else {}))
         self.tokenizer.save_pretrained(final)
         (final / "molma.json").write_text(json.dumps({"base_model": self.cfg.model, "lora": is_peft(self.policy)}))
+        # loadable elsewhere: the adapter names the public base model; a model card describes the run
+        from molma.models.cards import export_policy
+
+        export_policy(final, self.cfg)
         return final
 
     def _log(self, metrics: dict[str, Any]) -> None:

@@ -65,9 +65,11 @@ def test_inspect_source_level_errors_exit_2(tmp_path, capsys):
 
 
 def test_inspect_real_hh_file(hh_harmless_path, capsys):
-    assert main(["data", "inspect", str(hh_harmless_path)]) == 0
+    # four dialogues have an empty preferred reply: invalid for a reward model, as `molma rm train` says
+    assert main(["data", "inspect", str(hh_harmless_path)]) == 1
     out = capsys.readouterr().out
-    assert "1800 valid of 1800 rows; 0 invalid" in out and "errors:   none" in out
+    assert "1796 valid of 1800 rows; 4 invalid" in out
+    assert f"{hh_harmless_path}:87: field 'chosen': empty text" in out and "skip_invalid=true" in out
     assert main(["data", "inspect", str(hh_harmless_path), "--first-turn", "--json", "-n", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["kind"] == "prompts" and result["records"] == 1800 and result["multi_turn"] == 0
