@@ -386,9 +386,15 @@ def _train_run(settings: dict, threads: int | None) -> float:
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
+    from molma.rl.checkpoint import latest_checkpoint
+
     t0 = time.perf_counter()
     train_cfg = from_dict(TrainConfig, settings, source=f"experiment config: train ({settings['algo']})")
-    MultiObjectiveTrainer(train_cfg).train()
+    # a run killed with the experiment resumes from its last intact checkpoint (same settings: same folder key)
+    resume = latest_checkpoint(Path(train_cfg.out) / "checkpoints") is not None
+    if resume:
+        log.warning("%s: resuming from its last checkpoint", train_cfg.out)
+    MultiObjectiveTrainer(train_cfg).train(resume=resume)
     return time.perf_counter() - t0
 
 
@@ -420,23 +426,88 @@ def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, 
 
 
 # ------------------------------------------------------------------------------------------ 4. evaluation
-def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, runs: dict[str, RunSpec],
-              sweep: dict[str, list[float]], pareto: dict[str, dict[str, list[float]]]) -> None:
-    from molma.eval import EvalConfig, evaluate_models, sweep_from_result, write_sweep
+def _judges(cfg: ExperimentConfig, rm_dir: Path) -> list:
     from molma.rewards import RewardModel
+
+    return [RewardModel.from_pretrained(rm_dir / "rm-help", name="help", precision=cfg.precision),
+            RewardModel.from_pretrained(rm_dir / "rm-safe", name="safe", precision=cfg.precision)]
+
+
+def _eval_config(cfg: ExperimentConfig):
+    from molma.eval import EvalConfig
+
+    return EvalConfig(max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
+                      versus="molma", kl_reference="ref", resume=True, precision=cfg.precision,
+                      progress=cfg.workers == 1)
+
+
+def _evaluate_models(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str], prompts: list, out: Path):
+    """evaluate_models on ``models`` (the reference among them, as the KL reference) into ``out``; also the
+    body of a worker process."""
+    from molma.eval import evaluate_models
     from molma.rl import load_policy
 
-    prompts = _eval_prompts(cfg, data_dir)
-    models = {"ref": cfg.model, **{name: str(root / "runs" / name / "final") for name in runs}}
-    objectives = [RewardModel.from_pretrained(rm_dir / "rm-help", name="help", precision=cfg.precision),
-                  RewardModel.from_pretrained(rm_dir / "rm-safe", name="safe", precision=cfg.precision)]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     def loader(spec: str):
         return load_policy(spec) if spec != cfg.model else _load_reference(cfg.model)
 
-    ecfg = EvalConfig(max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
-                      versus="molma", kl_reference="ref", resume=True, precision=cfg.precision)
-    result = evaluate_models(models, prompts, objectives, ecfg, out_dir=root / "eval", loader=loader)
+    return evaluate_models(models, prompts, _judges(cfg, rm_dir), _eval_config(cfg), out_dir=out, loader=loader)
+
+
+def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str], prompts: list,
+                          out: Path):
+    """``workers`` processes each evaluate a share of the models (and the reference, for the KL) into
+    ``out/part-<i>``; the parts are merged into ``out`` (responses.jsonl, summary.json) and the result of
+    all models returned. The reference's responses are the same in every part (same prompts and seed)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from molma.eval.responses import read_json_if_exists, read_responses, write_responses
+    from molma.eval.runner import RESPONSES, SUMMARY, compute_result, write_summary
+
+    others = [m for m in models if m != "ref"]
+    groups = [others[i::cfg.workers] for i in range(cfg.workers)]
+    groups = [g for g in groups if g]
+    parts = [out / f"part-{i}" for i in range(len(groups))]
+    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_models, cfg, rm_dir, {m: models[m] for m in [*g, "ref"]}, prompts, part)
+                   for g, part in zip(groups, parts)]
+        for future in futures:
+            future.result()
+    records, kl, details, timings = [], {}, {}, {}
+    config: dict = {}
+    for i, part in enumerate(parts):
+        summary = read_json_if_exists(part / SUMMARY) or {}
+        config = config or dict(summary.get("config") or {})
+        records += [r for r in read_responses(part / RESPONSES) if r.model != "ref" or i == 0]
+        for m, v in (summary.get("kl") or {}).items():
+            if m != "ref" or i == 0:
+                kl[m] = v
+                if m in (summary.get("kl_details") or {}):
+                    details[m] = summary["kl_details"][m]
+        timings.update({m: t for m, t in (summary.get("timings") or {}).items() if m != "ref" or i == 0})
+    config["models"] = dict(models)
+    config["parallel_parts"] = [str(p.name) for p in parts]
+    order = list(models)
+    records.sort(key=lambda r: (order.index(r.model), r.prompt_id))
+    result = compute_result(records, "molma", 0.0, kl, out, order, None, timings, config, details)
+    write_responses(out / RESPONSES, records)
+    write_summary(out, result)
+    return result
+
+
+def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, runs: dict[str, RunSpec],
+              sweep: dict[str, list[float]], pareto: dict[str, dict[str, list[float]]]) -> None:
+    from molma.eval import sweep_from_result, write_sweep
+
+    prompts = _eval_prompts(cfg, data_dir)
+    models = {"ref": cfg.model, **{name: str(root / "runs" / name / "final") for name in runs}}
+    if cfg.workers > 1 and len(models) > 2:
+        result = _evaluate_in_parallel(cfg, rm_dir, models, prompts, root / "eval")
+    else:
+        result = _evaluate_models(cfg, rm_dir, models, prompts, root / "eval")
     if sweep:
         write_sweep(root / "sweep" / "so-weighted.json",
                     sweep_from_result(result, sweep, "SO-weighted", versus="molma", baseline="molma",

@@ -38,7 +38,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
                   "tensorboard": False},
         "algos": ["molma", "so-weighted"], "extra_seeds": {"molma": [1]}, "sweep_weights": [0.3, 0.5],
         "pareto_algos": [], "pareto_weights": [], "eval_prompts": 8, "eval_max_new_tokens": 4,
-        "eval_batch_size": 4,
+        "eval_batch_size": 4, "workers": 2,
     }
     path = root / "experiment.yaml"
     path.write_text(yaml.safe_dump(config))
