@@ -15,6 +15,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = "runs/mbhi"
+# kept here (not imported from molma.mbhi.train) so that building the CLI does not import torch
+METHODS = ["none", "shaping", "hirl", "mbhi", "mbhi_nohuman", "pets"]
+TASKS = ["molma/CliffWalk-v0", "molma/CliffCart-v0", "molma/CliffThrottle-v0"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,7 +36,8 @@ def register(subparsers: Any) -> None:
         "mbhi", help="safe model-based RL with human-blocking imitation (MBHI) and baselines",
         description="Train a DQN agent on safety tasks with no oversight, reward shaping, HIRL (a blocker "
                     "imitating a simulated human) or MBHI (blocker + look-ahead in a learned dynamics "
-                    "ensemble + MPC fallback); compare catastrophes, returns and human labels.")
+                    "ensemble + MPC fallback), MBHI without the human (mbhi_nohuman) or a PETS-style "
+                    "planner (pets); compare catastrophes, returns and human labels.")
     sub = parser.add_subparsers(dest="mbhi_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
 
@@ -48,7 +52,8 @@ def register(subparsers: Any) -> None:
                "lookahead.horizon=12",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--env", default="molma/CliffCart-v0", help="task id (see 'molma mbhi envs')")
-    run.add_argument("--method", default="mbhi", choices=["none", "shaping", "hirl", "mbhi"])
+    run.add_argument("--method", default="mbhi", choices=METHODS)
+    run.add_argument("--name", help="result folder of a variant (default: the method), e.g. mbhi_h1")
     run.add_argument("--checkpoints", action="store_true",
                      help="save agent/blocker/dynamics (safetensors) beside each result")
     _common(run)
@@ -59,9 +64,8 @@ def register(subparsers: Any) -> None:
         description="Runs every missing combination (existing results are reused unless --force), then "
                     "writes comparison.json, summary.csv, curves.csv (per-seed curves) and one PNG per task "
                     "(cumulative catastrophes, return, human labels vs steps) into --out.")
-    cmp.add_argument("--envs", nargs="+", default=["molma/CliffCart-v0", "molma/CliffWalk-v0"])
-    cmp.add_argument("--methods", nargs="+", default=["none", "shaping", "hirl", "mbhi"],
-                     choices=["none", "shaping", "hirl", "mbhi"])
+    cmp.add_argument("--envs", nargs="+", default=TASKS)
+    cmp.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     cmp.add_argument("--no-run", action="store_true", help="only aggregate the results already in --out")
     _common(cmp)
     cmp.set_defaults(func=run_compare)
@@ -90,7 +94,9 @@ def _configs(args: argparse.Namespace, envs: list[str], methods: list[str]) -> l
     from molma.mbhi.train import RunConfig
 
     base = load_config(RunConfig, args.config, args.overrides)
-    steps = {"total_steps": args.steps} if args.steps else {}
+    steps: dict[str, Any] = {"total_steps": args.steps} if args.steps else {}
+    if getattr(args, "name", None):
+        steps["name"] = args.name
     return [dataclasses.replace(base, env=env, method=method, seed=seed, **steps)
             for env in envs for method in methods for seed in args.seeds]
 
@@ -109,7 +115,7 @@ def run_run(args: argparse.Namespace) -> int:
         s = r.summary
         print(f"{r.env} {r.method} seed {r.seed}: {s['catastrophes']} catastrophes, "
               f"{s['labels_used']} labels, final return {s['final_return']:.2f} -> "
-              f"{result_path(args.out, r.env, r.method, r.seed)}")
+              f"{result_path(args.out, r.env, r.method, r.seed)}")  # r.method is the variant name
     print(f"results in {Path(args.out)}")
     return 0
 

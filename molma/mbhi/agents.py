@@ -17,14 +17,15 @@ at about 1 ms per update on one CPU thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from molma.config import check_range
+from molma.config import COUNT, POSITIVE, UNIT, Range, check_ranges
+from molma.mbhi.actions import ActionSet
 from molma.mbhi.nets import check_finite
 
 
@@ -33,7 +34,7 @@ class Transition:
     """One experience tuple for the agent."""
 
     obs: np.ndarray
-    action: int
+    action: int | float
     reward: float
     next_obs: np.ndarray
     terminated: bool
@@ -70,13 +71,15 @@ class DQNConfig:
     double_q: bool = True
     max_grad_norm: float = 10.0
 
+    # the valid range of every numeric field (each element of a tuple); NaN and inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "hidden": COUNT, "lr": POSITIVE, "gamma": UNIT, "buffer_size": COUNT, "batch_size": COUNT,
+        "learning_starts": Range(0), "train_freq": COUNT, "target_update": COUNT, "eps_start": UNIT,
+        "eps_end": UNIT, "eps_decay_steps": COUNT, "max_grad_norm": POSITIVE,
+    }
+
     def __post_init__(self) -> None:
-        check_range("lr", self.lr, 0.0, low_open=True)
-        check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("eps_start", self.eps_start, 0.0, 1.0)
-        check_range("eps_end", self.eps_end, 0.0, 1.0)
-        for name in ("buffer_size", "batch_size", "train_freq", "target_update", "eps_decay_steps"):
-            check_range(name, getattr(self, name), 1)
+        check_ranges(self)
 
 
 def q_network(obs_dim: int, n_actions: int, hidden: tuple[int, ...]) -> nn.Sequential:
@@ -198,3 +201,34 @@ class DQNAgent:
         if self.updates % max(1, cfg.target_update // cfg.train_freq) == 0:
             self.target.load_state_dict(self.q.state_dict())
         return {"loss": float(loss.detach()), "q": float(q.detach().mean())}
+
+
+class GridAgent:
+    """A :class:`DQNAgent` over a grid of continuous action values (for a 1-D continuous task).
+
+    It proposes grid values (``actions.candidates``); an executed action off the grid (MPC's) is stored
+    in the replay buffer as the nearest grid point. The shield, the blocker, the dynamics model and MPC
+    still work with the continuous action itself.
+    """
+
+    def __init__(self, dqn: DQNAgent, actions: ActionSet) -> None:
+        if actions.n != dqn.n_actions:
+            raise ValueError("the DQN needs one output per grid value")
+        self.dqn, self.actions = dqn, actions
+        self.q = dqn.q
+
+    @property
+    def epsilon(self) -> float:
+        return self.dqn.epsilon
+
+    def act(self, obs: np.ndarray, explore: bool = True) -> float:
+        return float(self.actions.candidates[self.dqn.act(obs, explore)])
+
+    def policy(self, obs: np.ndarray) -> np.ndarray:
+        return self.actions.candidates[self.dqn.policy(obs)]
+
+    def observe(self, transition: Transition) -> None:
+        self.dqn.observe(replace(transition, action=int(self.actions.nearest(transition.action))))
+
+    def update(self) -> dict[str, float]:
+        return self.dqn.update()

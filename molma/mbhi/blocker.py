@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from molma.config import check_range
-from molma.mbhi.nets import EnsembleMLP, Standardizer, bootstrap_indices, check_finite, one_hot
+from molma.config import COUNT, NON_NEGATIVE, POSITIVE, UNIT, Range, check_ranges
+from molma.mbhi.actions import ActionSet, as_action_set
+from molma.mbhi.nets import EnsembleMLP, Standardizer, bootstrap_indices, check_finite
 from molma.mbhi.overseer import LabelLog
 
 log = logging.getLogger(__name__)
@@ -49,16 +51,17 @@ class BlockerConfig:
     handover_accuracy: float = 0.98
     handover_recall: float = 1.0
 
+    # the valid range of every numeric field (each element of a tuple); NaN and inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "members": COUNT, "hidden": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "batch_size": COUNT,
+        "train_every": COUNT, "train_steps": COUNT, "max_pos_weight": POSITIVE, "threshold": UNIT,
+        "disagreement": NON_NEGATIVE, "kappa": NON_NEGATIVE, "val_fraction": Range(0.0, 0.9),
+        "min_positives": Range(0), "handover_min_labels": Range(0), "handover_min_positives": Range(0),
+        "handover_accuracy": UNIT, "handover_recall": UNIT,
+    }
+
     def __post_init__(self) -> None:
-        check_range("members", self.members, 1)
-        check_range("lr", self.lr, 0.0, low_open=True)
-        check_range("threshold", self.threshold, 0.0, 1.0)
-        check_range("disagreement", self.disagreement, 0.0)
-        check_range("val_fraction", self.val_fraction, 0.0, 0.9)
-        check_range("handover_accuracy", self.handover_accuracy, 0.0, 1.0)
-        check_range("handover_recall", self.handover_recall, 0.0, 1.0)
-        for name in ("batch_size", "train_every", "train_steps"):
-            check_range(name, getattr(self, name), 1)
+        check_ranges(self)
 
 
 @dataclass
@@ -83,16 +86,17 @@ def decision_rule(mean: np.ndarray, std: np.ndarray, cfg: BlockerConfig) -> np.n
 class BlockerEnsemble(nn.Module):
     """Ensemble of MLP classifiers on ``(standardised state, one-hot action)``."""
 
-    def __init__(self, obs_dim: int, n_actions: int, config: BlockerConfig | None = None,
+    def __init__(self, obs_dim: int, actions: ActionSet | int, config: BlockerConfig | None = None,
                  seed: int = 0) -> None:
         super().__init__()
         self.config = config or BlockerConfig()
-        self.obs_dim, self.n_actions = obs_dim, n_actions
+        self.actions = as_action_set(actions)
+        self.obs_dim, self.n_actions = obs_dim, self.actions.n
+        self.a_dim = self.actions.dim
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.net = EnsembleMLP(self.config.members, obs_dim + n_actions, 1, self.config.hidden)
+            self.net = EnsembleMLP(self.config.members, obs_dim + self.a_dim, 1, self.config.hidden)
         self.norm = Standardizer(obs_dim)
-        self._eye = np.eye(n_actions, dtype=np.float32)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
                                      weight_decay=self.config.weight_decay)
         self.rng = np.random.default_rng(seed + 7919)
@@ -108,23 +112,23 @@ class BlockerEnsemble(nn.Module):
         return self._trained_on > 0 and self.positives_seen >= self.config.min_positives
 
     def probs_t(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Member probabilities ``[M, *batch]`` for ``obs[*batch, d]`` and integer ``actions[*batch]``."""
+        """Member probabilities ``[M, *batch]`` for ``obs[*batch, d]`` and ``actions[*batch]``."""
         batch = obs.shape[:-1]
-        x = torch.cat([self.norm(obs.reshape(-1, self.obs_dim).float()),
-                       one_hot(actions.reshape(-1), self.n_actions)], dim=-1)
+        enc = torch.as_tensor(self.actions.encode(actions.reshape(-1).numpy()))
+        x = torch.cat([self.norm(obs.reshape(-1, self.obs_dim).float()), enc], dim=-1)
         logits = self.net(x.unsqueeze(0).expand(self.config.members, -1, -1))
         return torch.sigmoid(logits.squeeze(-1)).reshape(self.config.members, *batch)
 
     def probs(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Member probabilities ``[M, *batch]`` in numpy (fast inference path)."""
         obs = np.asarray(obs, np.float32)
-        actions = np.asarray(actions, np.int64)
+        actions = self.actions.array(actions)
         batch = np.broadcast_shapes(obs.shape[:-1], actions.shape)
         n = int(np.prod(batch))
         mean, std = self.norm.numpy()
-        x = np.empty((n, self.obs_dim + self.n_actions), np.float32)
+        x = np.empty((n, self.obs_dim + self.a_dim), np.float32)
         x[:, : self.obs_dim] = ((np.broadcast_to(obs, batch + obs.shape[-1:]) - mean) / std).reshape(n, -1)
-        x[:, self.obs_dim:] = self._eye[np.broadcast_to(actions, batch).reshape(n)]
+        x[:, self.obs_dim:] = self.actions.encode(np.broadcast_to(actions, batch).reshape(n))
         logits = self.net.numpy_forward(x)[..., 0]  # [M, N]
         return (0.5 * (1.0 + np.tanh(0.5 * logits))).reshape(self.config.members, *batch)
 
@@ -140,7 +144,7 @@ class BlockerEnsemble(nn.Module):
     def risk(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         return np.clip(mean + self.config.kappa * std, 0.0, 1.0)
 
-    def blocks(self, obs: np.ndarray, action: int) -> bool:
+    def blocks(self, obs: np.ndarray, action: int | float) -> bool:
         """Decision for one state and action (False until the blocker is ready)."""
         if not self.ready:
             return False
@@ -162,12 +166,12 @@ class BlockerEnsemble(nn.Module):
         if not train.any():
             return float("nan")
         s = torch.as_tensor(states[train], dtype=torch.float32)
-        a = torch.as_tensor(actions[train], dtype=torch.int64)
+        a = torch.as_tensor(self.actions.encode(actions[train]))
         y = torch.as_tensor(blocked[train], dtype=torch.float32)
         self.norm.fit(s)
         n_pos = float(y.sum())
         pos_weight = min(cfg.max_pos_weight, (len(y) - n_pos) / n_pos) if n_pos > 0 else 1.0
-        x = torch.cat([self.norm(s), one_hot(a, self.n_actions)], dim=-1)
+        x = torch.cat([self.norm(s), a], dim=-1)
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
         loss = torch.tensor(float("nan"))
         for _ in range(steps or cfg.train_steps):

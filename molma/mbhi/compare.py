@@ -23,6 +23,43 @@ from molma.mbhi.train import METHODS, RunResult, env_slug, json_safe
 
 BASELINES = ("none", "shaping", "hirl")
 
+# two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30 (beyond: 1.96)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042)
+
+
+def t_interval(values: Sequence[float | None]) -> dict[str, float]:
+    """Mean and 95 % Student-t interval over seeds (finite values only): ``{mean, lo, hi, n, std}``."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = int(arr.size)
+    if n == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0, "std": float("nan")}
+    mean = float(arr.mean())
+    if n == 1:
+        return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "n": 1, "std": float("nan")}
+    sd = float(arr.std(ddof=1))
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "std": sd}
+
+
+def steps_to_threshold(result: RunResult, threshold: float, window: int = 10) -> int | None:
+    """First logged step at which the mean task return of the last ``window`` finished training episodes
+    reaches ``threshold`` (None: never within the run)."""
+    c = seed_curves(result, window)
+    for step, ret in zip(c["step"], c["return"]):
+        if ret is not None and ret >= threshold:
+            return int(step)
+    return None
+
+
+def return_auc(result: RunResult, window: int = 10) -> float:
+    """Area under the training-return curve divided by the run length: the mean, over the logging grid,
+    of the last-``window``-episode mean task return (0 before the first finished episode)."""
+    c = seed_curves(result, window)
+    vals = [0.0 if v is None else v for v in c["return"]]
+    return float(np.mean(vals)) if vals else float("nan")
+
 
 def load_results(root: str | Path) -> list[RunResult]:
     """Every ``seed*.json`` run result under ``root`` (sorted by task, method, seed)."""
@@ -141,7 +178,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_comparison(results: Sequence[RunResult], out_dir: str | Path, return_window: int = 10) -> list[Path]:
     """Per task a PNG with cumulative catastrophes, return and human labels vs environment steps
-    (mean over seeds, shaded min-max)."""
+    (mean over seeds, shaded 95 % t-interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,9 +201,10 @@ def plot_comparison(results: Sequence[RunResult], out_dir: str | Path, return_wi
                 valid = ~np.all(np.isnan(data), axis=0)
                 if not valid.any():
                     continue
-                mean = np.nanmean(data[:, valid], axis=0)
+                ci = [t_interval(col) for col in data[:, valid].T]
+                mean = np.asarray([c["mean"] for c in ci])
                 line, = ax.plot(steps[valid], mean, label=f"{method} ({len(curves)} seeds)")
-                ax.fill_between(steps[valid], np.nanmin(data[:, valid], 0), np.nanmax(data[:, valid], 0),
+                ax.fill_between(steps[valid], [c["lo"] for c in ci], [c["hi"] for c in ci],
                                 color=line.get_color(), alpha=0.15)
         titles = ("cumulative catastrophes", f"task return (last {return_window} episodes)",
                   "human labels used")

@@ -5,6 +5,13 @@ standardised state change, ``N(mu, exp(logvar))``, and is trained by Gaussian ne
 on its own bootstrap resample. The log-variance is softly bounded by learned limits (as in PETS).
 Aleatoric noise is each member's variance; epistemic uncertainty is the spread of the members' means.
 
+The same networks also learn the **reward** (one more Gaussian output, standardised) and the
+**termination** (a logit; "the episode ends here", e.g. the goal is reached) from the real transitions,
+so that the planner needs nothing from the simulator (:meth:`DynamicsEnsemble.predict_step`). Each
+transition carries a weight for these two heads: MBHI gives catastrophe transitions weight 0, so that
+the learned reward and termination carry no catastrophe signal (catastrophes are known only through the
+blocker); the PETS baseline learns them (with the shaping penalty) from every transition.
+
 Imagination uses the "TS-inf" scheme: member ``m`` propagates its own particles, optionally sampling
 its predicted noise (``sample``), so disagreement between members turns into diverging trajectories.
 
@@ -16,14 +23,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from molma.config import check_range
+from molma.config import COUNT, NON_NEGATIVE, POSITIVE, Range, check_ranges
+from molma.mbhi.actions import ActionSet, as_action_set
 from molma.mbhi.envs import SafetyEnv
-from molma.mbhi.nets import EnsembleMLP, Standardizer, bootstrap_indices, check_finite, one_hot
+from molma.mbhi.nets import EnsembleMLP, Standardizer, bootstrap_indices, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +53,43 @@ class DynamicsConfig:
     sample: bool = True  # imagine with sampled aleatoric noise (else each member's mean)
     capacity: int = 200_000
 
+    # the valid range of every numeric field (each element of a tuple); NaN and inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "members": COUNT, "hidden": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "batch_size": COUNT,
+        "warmup": COUNT, "train_every": COUNT, "train_steps": COUNT, "capacity": COUNT,
+    }
+
     def __post_init__(self) -> None:
-        check_range("members", self.members, 1)
-        check_range("lr", self.lr, 0.0, low_open=True)
-        for name in ("batch_size", "warmup", "train_every", "train_steps", "capacity"):
-            check_range(name, getattr(self, name), 1)
+        check_ranges(self)
 
 
 class DynamicsEnsemble(nn.Module):
     """``M`` Gaussian MLPs predicting the state change, with a transition buffer of its own."""
 
-    def __init__(self, obs_dim: int, n_actions: int, config: DynamicsConfig | None = None,
+    def __init__(self, obs_dim: int, actions: ActionSet | int, config: DynamicsConfig | None = None,
                  seed: int = 0) -> None:
         super().__init__()
         self.config = cfg = config or DynamicsConfig()
-        self.obs_dim, self.n_actions = obs_dim, n_actions
+        self.actions = as_action_set(actions)
+        self.obs_dim, self.n_actions = obs_dim, self.actions.n
+        a_dim = self.actions.dim
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.net = EnsembleMLP(cfg.members, obs_dim + n_actions, 2 * obs_dim, cfg.hidden)
+            # outputs: delta mean (d), delta log-variance (d), standardised reward (1), termination logit (1)
+            self.net = EnsembleMLP(cfg.members, obs_dim + a_dim, 2 * obs_dim + 2, cfg.hidden)
         self.max_logvar = nn.Parameter(torch.full((obs_dim,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((obs_dim,), -10.0))
         self.in_norm = Standardizer(obs_dim)
-        self._eye = np.eye(n_actions, dtype=np.float32)
         self.out_norm = Standardizer(obs_dim, min_std=1e-4)
+        self.rew_norm = Standardizer(1, min_std=1e-3)
         self.opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(seed + 104729)
         self._obs = np.zeros((cfg.capacity, obs_dim), np.float32)
-        self._act = np.zeros(cfg.capacity, np.int64)
+        self._act = np.zeros((cfg.capacity, a_dim), np.float32)
         self._next = np.zeros((cfg.capacity, obs_dim), np.float32)
+        self._rew = np.zeros(cfg.capacity, np.float32)
+        self._done = np.zeros(cfg.capacity, np.float32)
+        self._weight = np.zeros(cfg.capacity, np.float32)
         self.size = 0
         self._pos = 0
         self._last_step = 0
@@ -86,53 +104,80 @@ class DynamicsEnsemble(nn.Module):
         return self.config.members
 
     # ---------------------------------------------------------------- data
-    def add(self, obs: np.ndarray, action: int, next_obs: np.ndarray) -> None:
+    def add(self, obs: np.ndarray, action: int | float, next_obs: np.ndarray, reward: float = 0.0,
+            done: bool = False, weight: float = 1.0) -> None:
+        """One real transition; ``weight`` (0 or 1) says whether the reward/termination heads learn from it."""
         i = self._pos
-        self._obs[i], self._act[i], self._next[i] = obs, action, next_obs
+        self._obs[i], self._act[i], self._next[i] = obs, self.actions.encode(action), next_obs
+        self._rew[i], self._done[i], self._weight[i] = reward, float(done), weight
         self._pos = (i + 1) % self.config.capacity
         self.size = min(self.size + 1, self.config.capacity)
 
-    def add_batch(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray) -> None:
-        for o, a, n in zip(obs, actions, next_obs):
-            self.add(o, int(a), n)
+    def add_batch(self, obs: np.ndarray, actions: np.ndarray, next_obs: np.ndarray,
+                  rewards: np.ndarray | None = None, dones: np.ndarray | None = None) -> None:
+        n = len(actions)
+        rewards = np.zeros(n) if rewards is None else rewards
+        dones = np.zeros(n, bool) if dones is None else dones
+        for o, a, nx, r, d in zip(obs, actions, next_obs, rewards, dones):
+            self.add(o, a, nx, float(r), bool(d), 1.0 if rewards is not None else 0.0)
 
     # ---------------------------------------------------------------- model
-    def _gaussian(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised-delta ``(mu, logvar)`` for ``obs[M, B, d]``, ``actions[M, B]``."""
-        x = torch.cat([self.in_norm(obs), one_hot(actions, self.n_actions)], dim=-1)
-        out = self.net(x)
-        mu, logvar = out[..., : self.obs_dim], out[..., self.obs_dim:]
+    def _gaussian(self, obs: torch.Tensor, actions: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Standardised-delta ``(mu, logvar)``, standardised reward and termination logit for
+        ``obs[M, B, d]`` and encoded ``actions[M, B, a]``."""
+        d = self.obs_dim
+        out = self.net(torch.cat([self.in_norm(obs), actions], dim=-1))
+        mu, logvar = out[..., :d], out[..., d:2 * d]
         logvar = self.max_logvar - nn.functional.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + nn.functional.softplus(logvar - self.min_logvar)
-        return mu, logvar
+        return mu, logvar, out[..., 2 * d], out[..., 2 * d + 1]
 
-    def _gaussian_np(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Numpy ``(mu, logvar)`` (standardised delta) for ``obs[M, B, d]``, ``actions[M, B]``."""
+    def _forward_np(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         mean, std = self.in_norm.numpy()
-        x = np.concatenate([(obs - mean) / std, self._eye[actions]], -1)
-        out = self.net.numpy_forward(x)
-        mu, logvar = out[..., : self.obs_dim], out[..., self.obs_dim:]
+        x = np.concatenate([(obs - mean) / std, self.actions.encode(actions)], -1)
+        return self.net.numpy_forward(x)
+
+    def _gaussian_np(self, obs: np.ndarray, actions: np.ndarray,
+                     out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Numpy ``(mu, logvar)`` (standardised delta) for ``obs[M, B, d]``, ``actions[M, B]``."""
+        out = self._forward_np(obs, actions) if out is None else out
+        mu, logvar = out[..., : self.obs_dim], out[..., self.obs_dim:2 * self.obs_dim]
         hi = self.max_logvar.detach().numpy()
         lo = self.min_logvar.detach().numpy()
         logvar = hi - np.logaddexp(0.0, hi - logvar)
         logvar = lo + np.logaddexp(0.0, logvar - lo)
         return mu, logvar
 
-    def predict_members(self, obs: np.ndarray, actions: np.ndarray, sample: bool | None = None) -> np.ndarray:
-        """Next states ``[M, B, d]`` for member-wise ``obs[M, B, d]`` and ``actions[M, B]`` (numpy)."""
-        sample = self.config.sample if sample is None else sample
-        obs = np.asarray(obs, np.float32)
-        mu, logvar = self._gaussian_np(obs, np.asarray(actions, np.int64))
+    def _next_np(self, obs: np.ndarray, mu: np.ndarray, logvar: np.ndarray, sample: bool) -> np.ndarray:
         if sample:
             mu = mu + self.rng.standard_normal(mu.shape, dtype=np.float32) * np.exp(0.5 * logvar)
         d_mean, d_std = self.out_norm.numpy()
         return obs + mu * d_std + d_mean
 
+    def predict_members(self, obs: np.ndarray, actions: np.ndarray, sample: bool | None = None) -> np.ndarray:
+        """Next states ``[M, B, d]`` for member-wise ``obs[M, B, d]`` and ``actions[M, B]`` (numpy)."""
+        sample = self.config.sample if sample is None else sample
+        obs = np.asarray(obs, np.float32)
+        mu, logvar = self._gaussian_np(obs, actions)
+        return self._next_np(obs, mu, logvar, sample)
+
+    def predict_step(self, obs: np.ndarray, actions: np.ndarray, sample: bool | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Learned ``(next states [M, B, d], rewards [M, B], terminal [M, B] bool)``, member-wise."""
+        sample = self.config.sample if sample is None else sample
+        obs = np.asarray(obs, np.float32)
+        out = self._forward_np(obs, actions)
+        mu, logvar = self._gaussian_np(obs, actions, out)
+        r_mean, r_std = self.rew_norm.numpy()
+        reward = out[..., 2 * self.obs_dim] * r_std[0] + r_mean[0]
+        return self._next_np(obs, mu, logvar, sample), reward, out[..., 2 * self.obs_dim + 1] > 0.0
+
     def predict(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-member mean and variance of the next state: ``([M, B, d], [M, B, d])`` for ``obs[B, d]``."""
         M = self.config.members
         o = np.broadcast_to(np.asarray(obs, np.float32), (M, *np.shape(obs)))
-        a = np.broadcast_to(np.asarray(actions, np.int64), (M, *np.shape(actions)))
+        a = np.broadcast_to(self.actions.array(actions), (M, *np.shape(actions)))
         mu, logvar = self._gaussian_np(o, a)
         d_mean, d_std = self.out_norm.numpy()
         return o + mu * d_std + d_mean, np.exp(logvar) * d_std**2
@@ -150,16 +195,26 @@ class DynamicsEnsemble(nn.Module):
         obs = torch.as_tensor(self._obs[:n])
         act = torch.as_tensor(self._act[:n])
         delta = torch.as_tensor(self._next[:n]) - obs
+        rew = torch.as_tensor(self._rew[:n])
+        done = torch.as_tensor(self._done[:n])
+        weight = torch.as_tensor(self._weight[:n])
         self.in_norm.fit(obs)
         self.out_norm.fit(delta)
+        if weight.sum() > 1:
+            self.rew_norm.fit(rew[weight > 0][:, None])
         target = self.out_norm(delta)
+        rew_t = self.rew_norm(rew[:, None])[:, 0]
         loss = torch.tensor(float("nan"))
         for _ in range(steps):
             idx = torch.as_tensor(bootstrap_indices(n, cfg.members, min(cfg.batch_size, n), self.rng,
                                                     cfg.bootstrap))
-            mu, logvar = self._gaussian(obs[idx], act[idx])
+            mu, logvar, r_hat, d_logit = self._gaussian(obs[idx], act[idx])
             nll = ((mu - target[idx]) ** 2 * torch.exp(-logvar) + logvar).mean()
-            loss = nll + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+            w = weight[idx]
+            heads = ((r_hat - rew_t[idx]) ** 2 + nn.functional.binary_cross_entropy_with_logits(
+                d_logit, done[idx], reduction="none")) * w
+            loss = (nll + heads.sum() / w.sum().clamp_min(1.0)
+                    + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum()))
             check_finite("dynamics loss", loss)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,6 +240,13 @@ class DynamicsEnsemble(nn.Module):
 
 class SimulatorModel:
     """The true simulator behind the dynamics-model interface (``M`` identical "members")."""
+
+    def predict_step(self, obs: np.ndarray, actions: np.ndarray, sample: bool | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """True next states, reward and success termination (privileged: tests and ablations only)."""
+        nxt = self.predict_members(obs, actions, sample)
+        s = np.asarray(obs, np.float64)
+        return nxt, self.env.reward_fn(s, np.asarray(actions), nxt), self.env.success_fn(nxt)
 
     def __init__(self, env: SafetyEnv, members: int = 1, seed: int = 0, sample: bool = True) -> None:
         self.env, self.members, self.sample = env, members, sample

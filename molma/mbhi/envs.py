@@ -10,6 +10,9 @@ simulated overseer uses them as "the true simulator"; the tests check them direc
 - ``molma/CliffCart-v0`` (non-local catastrophes): a cart with momentum and bounded braking drives
   towards a flag one unit before a cliff edge. Once ``x + braking distance(v)`` passes the edge the
   crash is unavoidable, up to eight steps before it happens ("non-local").
+- ``molma/CliffThrottle-v0`` (non-local, continuous action): the same cart with a continuous throttle
+  ``u in [-1, 1]`` (``dv = accel * u``), weaker brakes (``accel`` 0.06, so a stop from top speed takes
+  up to 10 steps), velocity noise and a small control cost.
 
 Every step reports ``info["catastrophe"]`` (bool); a catastrophe terminates the episode and the task
 reward of that step is 0 (the penalty, if any, is the learning method's business).
@@ -26,7 +29,8 @@ from gymnasium import spaces
 
 CLIFF_WALK_ID = "molma/CliffWalk-v0"
 CLIFF_CART_ID = "molma/CliffCart-v0"
-TASK_IDS = (CLIFF_WALK_ID, CLIFF_CART_ID)
+CLIFF_THROTTLE_ID = "molma/CliffThrottle-v0"
+TASK_IDS = (CLIFF_WALK_ID, CLIFF_CART_ID, CLIFF_THROTTLE_ID)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,16 +127,46 @@ def cart_reward(state: np.ndarray, action: np.ndarray, next_state: np.ndarray,
     return np.where(cart_catastrophe(next_state, p), 0.0, r)
 
 
-def cart_doomed(state: np.ndarray, p: CliffCartParams = CliffCartParams()) -> np.ndarray:
+def cart_doomed(state: np.ndarray, p: CliffCartParams = CliffCartParams(),
+                brake_action: float | int = 0, dynamics=None) -> np.ndarray:
     """True where a crash can no longer be avoided (full braking still passes the edge; noise-free)."""
+    dynamics = dynamics or cart_dynamics
     s = np.array(state, dtype=np.float64, copy=True)
     crashed = cart_catastrophe(s, p)
-    brake = np.zeros(s.shape[:-1], dtype=np.int64)
+    brake = np.full(s.shape[:-1], brake_action)
     zero = np.zeros(s.shape[:-1] + (1,))
     for _ in range(int(np.ceil(2 * p.v_max / p.accel)) + 1):
-        s = cart_dynamics(s, brake, zero, p)
+        s = dynamics(s, brake, zero, p)
         crashed |= cart_catastrophe(s, p)
     return crashed
+
+
+@dataclass(frozen=True)
+class CliffThrottleParams(CliffCartParams):
+    """Physics of :class:`CliffThrottleEnv`: CliffCart with a continuous throttle and weaker brakes."""
+
+    accel: float = 0.06  # dv per step at |u| = 1 (a stop from v_max takes 10 steps)
+    v_max: float = 0.6
+    noise: float = 0.01  # velocity noise std
+    control_cost: float = 0.05  # reward - control_cost * u^2
+
+
+def throttle_dynamics(state: np.ndarray, action: np.ndarray, noise: np.ndarray,
+                      p: CliffThrottleParams = CliffThrottleParams()) -> np.ndarray:
+    """Semi-implicit Euler step with throttle ``u = clip(action, -1, 1)``; a wall at x = 0."""
+    u = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+    v = np.clip(state[..., 1] + p.accel * u + p.noise * noise[..., 0], -p.v_max, p.v_max)
+    x = state[..., 0] + v
+    at_wall = x < 0.0
+    return np.stack([np.where(at_wall, 0.0, x), np.where(at_wall, 0.0, v)], axis=-1)
+
+
+def throttle_reward(state: np.ndarray, action: np.ndarray, next_state: np.ndarray,
+                    p: CliffThrottleParams = CliffThrottleParams()) -> np.ndarray:
+    """CliffCart's reward minus ``control_cost * u^2``; 0 on a catastrophe."""
+    u = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+    r = cart_reward(state, action, next_state, p) - p.control_cost * u**2
+    return np.where(cart_catastrophe(next_state, p), 0.0, r)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,6 +210,11 @@ class SafetyEnv(gym.Env[np.ndarray, np.int64]):
         noise = rng.standard_normal(np.broadcast_shapes(state.shape[:-1], action.shape) + (self.noise_dim,))
         return self.dynamics(state, action, noise)
 
+    def _action(self, action: Any) -> np.ndarray:
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r} for {self.action_space}")
+        return np.asarray(int(action))
+
     def _obs(self) -> np.ndarray:
         low, high = self.observation_space.low, self.observation_space.high
         return np.clip(self.state, low, high).astype(np.float32)
@@ -193,9 +232,7 @@ class SafetyEnv(gym.Env[np.ndarray, np.int64]):
         return self._obs(), {"catastrophe": False}
 
     def step(self, action):
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action!r} for {self.action_space}")
-        a = np.asarray(int(action))
+        a = self._action(action)
         nxt = self.simulate(self.state, a, self.np_random)
         reward = float(self.reward_fn(self.state, a, nxt))
         catastrophe = bool(self.catastrophe_fn(nxt))
@@ -267,11 +304,49 @@ class CliffCartEnv(SafetyEnv):
         return np.array([self.np_random.uniform(lo, hi), 0.0])
 
 
+class CliffThrottleEnv(SafetyEnv):
+    """Drive a cart with a continuous throttle to the flag before the cliff edge (non-local, continuous)."""
+
+    noise_dim = 1
+
+    def __init__(self, **params: Any) -> None:
+        self.params = CliffThrottleParams(**params)
+        p = self.params
+        self.observation_space = spaces.Box(
+            low=np.array([0.0, -p.v_max], dtype=np.float32),
+            high=np.array([p.edge + p.v_max, p.v_max], dtype=np.float32), dtype=np.float32)
+        self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
+        super().__init__()
+
+    def _action(self, action: Any) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (1,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"invalid action {action!r} for {self.action_space}")
+        return np.asarray(float(np.clip(a[0], -1.0, 1.0)))
+
+    def dynamics(self, state, action, noise):
+        return throttle_dynamics(state, action, noise, self.params)
+
+    def reward_fn(self, state, action, next_state):
+        return throttle_reward(state, action, next_state, self.params)
+
+    def catastrophe_fn(self, state):
+        return cart_catastrophe(state, self.params)
+
+    def doomed_fn(self, state: np.ndarray) -> np.ndarray:
+        return cart_doomed(state, self.params, brake_action=-1.0, dynamics=throttle_dynamics)
+
+    def sample_start(self) -> np.ndarray:
+        lo, hi = self.params.start
+        return np.array([self.np_random.uniform(lo, hi), 0.0])
+
+
 def register_envs() -> None:
     """Register the tasks with gymnasium (idempotent)."""
     specs = {
         CLIFF_WALK_ID: ("molma.mbhi.envs:CliffWalkEnv", 100),
         CLIFF_CART_ID: ("molma.mbhi.envs:CliffCartEnv", 100),
+        CLIFF_THROTTLE_ID: ("molma.mbhi.envs:CliffThrottleEnv", 100),
     }
     for env_id, (entry_point, steps) in specs.items():
         if env_id not in gym.registry:

@@ -5,7 +5,10 @@ asks the blocker about every imagined ``(state, action)``. Per member trajectory
 
 - ``flagged``: some step hit the blocker's decision rule (mean above threshold or high disagreement);
 - survival ``S_H = prod_k (1 - risk_k)`` with the blocker's soft risk;
-- discounted task reward weighted by survival (the task reward function is known, as in PETS).
+- discounted reward weighted by survival. By default the reward and the termination come from the
+  learned model (``model.predict_step``), which never sees the simulator; passing the task's
+  ``reward_fn`` / ``success_fn`` gives the *privileged* planner (an ablation: the tasks' true reward is
+  0 on a catastrophe, so it leaks where the catastrophes are).
 
 Aggregated over members and particles: ``unsafe_fraction`` (share of flagged trajectories; the shield
 compares it with a quorum), ``risk = 1 - mean S_H`` and ``score = mean(sum_k g^k S_{k+1} r_k) - C * risk``.
@@ -20,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
-from molma.config import check_range
+from molma.config import COUNT, OPEN_UNIT, UNIT, Range, check_ranges
+from molma.mbhi.actions import ActionSet, as_action_set
 
 Policy = Callable[[np.ndarray], np.ndarray]  # obs[B, d] -> actions[B]
 StateFn = Callable[[np.ndarray], np.ndarray]  # states[..., d] -> bool[...]
@@ -39,6 +43,9 @@ class ModelLike(Protocol):
 
     def predict_members(self, obs: np.ndarray, actions: np.ndarray,
                         sample: bool | None = None) -> np.ndarray: ...
+
+    def predict_step(self, obs: np.ndarray, actions: np.ndarray, sample: bool | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class BlockerLike(Protocol):
@@ -78,21 +85,49 @@ class LookaheadConfig:
         """Which candidates of ``result`` count as unsafe under the quorum and risk rules."""
         return (result.unsafe_fraction >= self.quorum) | (result.risk > self.max_risk)
 
+    # the valid range of every numeric field (each element of a tuple); NaN and inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "horizon": COUNT, "particles": COUNT, "quorum": OPEN_UNIT, "max_risk": UNIT,
+    }
+
     def __post_init__(self) -> None:
-        check_range("horizon", self.horizon, 1)
-        check_range("particles", self.particles, 1)
-        check_range("quorum", self.quorum, 0.0, 1.0, low_open=True)
-        check_range("max_risk", self.max_risk, 0.0, 1.0)
+        check_ranges(self)
+
+
+class NullBlocker:
+    """A blocker that never blocks (risk 0): the planner of the PETS baseline has no catastrophe model."""
+
+    ready = True
+
+    def assess(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = np.zeros(np.broadcast_shapes(np.shape(obs)[:-1], np.shape(actions)))
+        return z, z
+
+    def flags(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        return np.zeros(np.shape(mean), dtype=bool)
+
+    def risk(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        return np.zeros(np.shape(mean))
 
 
 class Imagination:
-    """Roll candidates out in ``model`` and check them with ``blocker``."""
+    """Roll candidates out in ``model`` and check them with ``blocker``.
 
-    def __init__(self, model: ModelLike, blocker: BlockerLike, reward_fn: RewardFn,
-                 success_fn: StateFn | None = None, n_actions: int | None = None) -> None:
+    ``reward_fn=None`` (the default in every run): reward and termination come from the learned model's
+    ``predict_step``. A ``reward_fn`` (and ``success_fn``) replaces them by the simulator's: privileged.
+    """
+
+    def __init__(self, model: ModelLike, blocker: BlockerLike, reward_fn: RewardFn | None = None,
+                 success_fn: StateFn | None = None, n_actions: int | ActionSet | None = None) -> None:
         self.model, self.blocker = model, blocker
         self.reward_fn, self.success_fn = reward_fn, success_fn
-        self.n_actions = n_actions
+        self.actions = as_action_set(n_actions) if n_actions is not None else None
+        self.n_actions = self.actions.n if self.actions is not None else None
+        self.dtype = self.actions.dtype if self.actions is not None else np.int64
+
+    @property
+    def privileged(self) -> bool:
+        return self.reward_fn is not None
 
     def _run(self, obs: np.ndarray, n: int, particles: int, horizon: int,
              choose: Callable[[int, np.ndarray], np.ndarray], gamma: float, penalty: float,
@@ -106,7 +141,7 @@ class Imagination:
         flagged = np.zeros((M, B), dtype=bool)
         first_flag = np.full((M, B), horizon)
         for k in range(horizon):
-            a = np.broadcast_to(choose(k, s), (M, B)).astype(np.int64)
+            a = np.broadcast_to(choose(k, s), (M, B)).astype(self.dtype)
             mean, std = self.blocker.assess(s, a)
             flag = self.blocker.flags(mean, std) & alive
             risk = np.where(alive, self.blocker.risk(mean, std), 0.0)
@@ -115,11 +150,15 @@ class Imagination:
             survival = survival * (1.0 - risk)
             if not score and k == horizon - 1:
                 break  # the last next-state only matters for the reward
-            nxt = self.model.predict_members(s, a)
+            if self.reward_fn is None:
+                nxt, r, done = self.model.predict_step(s, a)
+            else:
+                nxt = self.model.predict_members(s, a)
+                r = self.reward_fn(s, a, nxt) if score else 0.0
+                done = self.success_fn(nxt) if self.success_fn is not None else False
             if score:
-                ret += gamma**k * survival * np.where(alive, self.reward_fn(s, a, nxt), 0.0)
-            if self.success_fn is not None:
-                alive &= ~self.success_fn(nxt)
+                ret += gamma**k * survival * np.where(alive, r, 0.0)
+            alive &= ~np.asarray(done, dtype=bool)
             s = nxt
         score = (ret - penalty * (1.0 - survival)).reshape(M, n, particles)
         flagged_ = flagged.reshape(M, n, particles)
@@ -137,10 +176,10 @@ class Imagination:
     def evaluate_plans(self, obs: np.ndarray, plans: np.ndarray, gamma: float = 0.97,
                        penalty: float = 0.0) -> ImaginationResult:
         """Open-loop action sequences ``plans[N, H]`` from ``obs``."""
-        plans = np.asarray(plans, dtype=np.int64)
+        plans = np.asarray(plans, dtype=self.dtype)
         return self._run(obs, len(plans), 1, plans.shape[1], lambda k, s: plans[None, :, k], gamma, penalty)
 
-    def rollout(self, obs: np.ndarray, first_action: int, horizon: int, continuation: str = "policy",
+    def rollout(self, obs: np.ndarray, first_action: int | float, horizon: int, continuation: str = "policy",
                 policy: Policy | None = None, particles: int = 1, gamma: float = 0.97,
                 penalty: float = 0.0, score: bool = True) -> ImaginationResult:
         """Closed-loop roll-out: ``first_action``, then the continuation, for ``horizon`` steps
@@ -159,9 +198,9 @@ class Imagination:
 
     def safest_actions(self, s: np.ndarray) -> np.ndarray:
         """Per state in ``s[..., d]`` the action with the lowest blocker risk."""
-        if self.n_actions is None:
+        if self.actions is None:
             raise ValueError("the 'safest' continuation needs n_actions")
-        A = self.n_actions
-        acts = np.arange(A).reshape(A, *([1] * (s.ndim - 1)))
+        cands = self.actions.candidates
+        acts = cands.reshape(len(cands), *([1] * (s.ndim - 1)))
         mean, std = self.blocker.assess(s[None], acts)
-        return np.argmin(self.blocker.risk(mean, std), axis=0)
+        return cands[np.argmin(self.blocker.risk(mean, std), axis=0)]

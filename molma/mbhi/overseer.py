@@ -10,10 +10,11 @@ budget and logged as ``(state, action, blocked)`` for the blocker to learn from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
-from molma.config import check_range
+from molma.config import COUNT, OPEN_UNIT, Range, check_ranges
 from molma.mbhi.envs import SafetyEnv
 
 
@@ -25,10 +26,13 @@ class OverseerConfig:
     risk_threshold: float = 0.1  # block when P(next state catastrophic) >= this
     samples: int = 32  # true-simulator draws per judgement (1 suffices for deterministic tasks)
 
+    # the valid range of every numeric field (each element of a tuple); NaN and inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "label_budget": Range(0), "risk_threshold": OPEN_UNIT, "samples": COUNT,
+    }
+
     def __post_init__(self) -> None:
-        check_range("label_budget", self.label_budget, 0)
-        check_range("risk_threshold", self.risk_threshold, 0.0, 1.0, low_open=True)
-        check_range("samples", self.samples, 1)
+        check_ranges(self)
 
 
 @dataclass
@@ -36,12 +40,12 @@ class LabelLog:
     """Growing arrays of the overseer's labels."""
 
     states: list[np.ndarray] = field(default_factory=list)
-    actions: list[int] = field(default_factory=list)
+    actions: list[int | float] = field(default_factory=list)
     blocked: list[bool] = field(default_factory=list)
 
-    def add(self, state: np.ndarray, action: int, blocked: bool) -> None:
+    def add(self, state: np.ndarray, action: int | float, blocked: bool) -> None:
         self.states.append(np.asarray(state, dtype=np.float32))
-        self.actions.append(int(action))
+        self.actions.append(action.item() if isinstance(action, np.generic) else action)
         self.blocked.append(bool(blocked))
 
     def __len__(self) -> int:
@@ -51,7 +55,9 @@ class LabelLog:
         """``(states[N, d], actions[N], blocked[N])`` as numpy arrays."""
         if not self.actions:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
-        return (np.stack(self.states), np.asarray(self.actions, np.int64), np.asarray(self.blocked, bool))
+        acts = np.asarray(self.actions)
+        acts = acts.astype(np.int64) if acts.dtype.kind in "iub" else acts.astype(np.float64)
+        return np.stack(self.states), acts, np.asarray(self.blocked, bool)
 
 
 class LabelBudgetError(RuntimeError):
@@ -75,14 +81,14 @@ class SimulatedOverseer:
     def labels_left(self) -> int:
         return max(0, self.config.label_budget - self.labels_used)
 
-    def risk(self, state: np.ndarray, action: int) -> float:
+    def risk(self, state: np.ndarray, action: int | float) -> float:
         """Fraction of true-simulator outcomes of ``action`` in ``state`` that are catastrophic (no label)."""
         states = np.repeat(np.asarray(state, np.float64)[None], self.config.samples, axis=0)
-        actions = np.full(self.config.samples, int(action))
+        actions = np.full(self.config.samples, action)
         nxt = self.env.simulate(states, actions, self.rng)
         return float(np.mean(self.env.catastrophe_fn(nxt)))
 
-    def judge(self, state: np.ndarray, action: int) -> bool:
+    def judge(self, state: np.ndarray, action: int | float) -> bool:
         """Label one (state, action): True = blocked. Raises :class:`LabelBudgetError` when out of labels."""
         if self.labels_left <= 0:
             raise LabelBudgetError(f"label budget of {self.config.label_budget} used up")
@@ -90,18 +96,20 @@ class SimulatedOverseer:
         self.log.add(state, action, blocked)
         return blocked
 
-    def review(self, state: np.ndarray, action: int, n_actions: int,
-               rng: np.random.Generator) -> tuple[int, bool]:
-        """Judge ``action``; if blocked, judge the others (each a label) and pick a safe one at random.
+    def review(self, state: np.ndarray, action: int | float, candidates: int | np.ndarray,
+               rng: np.random.Generator) -> tuple[int | float, bool]:
+        """Judge ``action``; if blocked, judge the other ``candidates`` (each a label; an int ``n`` means
+        the discrete actions ``0..n-1``) and pick a safe one at random.
 
         Returns ``(action to execute, blocked)``. When no action is safe the least risky is executed.
         With the budget spent mid-review, the least risky action judged so far is used.
         """
         if not self.judge(state, action):
-            return int(action), False
-        others = [a for a in rng.permutation(n_actions).tolist() if a != action]
-        safe: list[int] = []
-        risks: dict[int, float] = {}
+            return action, False
+        cands = np.arange(candidates) if isinstance(candidates, (int, np.integer)) else np.asarray(candidates)
+        others = [a for a in cands[rng.permutation(len(cands))].tolist() if a != action]
+        safe: list[int | float] = []
+        risks: dict[int | float, float] = {}
         for a in others:
             if self.labels_left <= 0:
                 break
@@ -110,7 +118,7 @@ class SimulatedOverseer:
             else:
                 safe.append(a)
         if safe:
-            return int(rng.choice(safe)), True
+            return safe[int(rng.integers(len(safe)))], True
         if risks:
-            return int(min(risks, key=risks.__getitem__)), True
-        return int(action), True
+            return min(risks, key=risks.__getitem__), True
+        return action, True

@@ -7,7 +7,10 @@
 - :class:`MBHIShield`: HIRL plus, before acting, an imagined roll-out of the current policy in the
   learned dynamics ensemble checked by the blocker at every step; when it meets a (predicted)
   catastrophe, a stratified categorical-CEM MPC plans a safe action. While the human is still
-  present it reviews the action finally chosen.
+  present it reviews the action finally chosen. The planner's reward and termination are learned by
+  the dynamics ensemble (``privileged=True``: the simulator's, an ablation).
+- :class:`SelfLabelShield`: MBHI without the human: the blocker learns from the agent's own real
+  transitions (label = "this step was a catastrophe"), so it knows a catastrophe only after causing it.
 
 :class:`ShieldWrapper` is the gymnasium wrapper: the agent proposes through ``step(action)``; the
 wrapper executes the shield's choice, subtracts the catastrophe penalty (reward shaping) and reports
@@ -24,13 +27,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from molma.mbhi.actions import ActionSet, as_action_set
 from molma.mbhi.agents import Transition
 from molma.mbhi.blocker import BlockerEnsemble
 from molma.mbhi.dynamics import DynamicsEnsemble
 from molma.mbhi.envs import SafetyEnv
 from molma.mbhi.lookahead import Imagination, LookaheadConfig, ModelLike, Policy
 from molma.mbhi.mpc import MPCConfig, SafeMPC
-from molma.mbhi.overseer import LabelBudgetError, SimulatedOverseer
+from molma.mbhi.overseer import LabelBudgetError, LabelLog, SimulatedOverseer
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,8 @@ log = logging.getLogger(__name__)
 class ShieldDecision:
     """Outcome of reviewing one proposed action."""
 
-    proposed: int
-    executed: int
+    proposed: int | float
+    executed: int | float
     blocked: bool = False  # a different action is executed
     unsafe: bool = False  # the proposal was judged unsafe (the agent is penalised when also blocked)
     source: str = "none"  # who decided: none | human | blocker | lookahead
@@ -55,11 +59,13 @@ class Shield:
         self.blocks_by_source: dict[str, int] = {}
         self.flags = 0
 
-    def decide(self, obs: np.ndarray, proposed: int) -> ShieldDecision:
+    def decide(self, obs: np.ndarray, proposed: int | float) -> ShieldDecision:
         return ShieldDecision(proposed, proposed)
 
-    def record(self, obs: np.ndarray, action: int, next_obs: np.ndarray) -> None:
-        """A real transition was observed (data for learned models)."""
+    def record(self, obs: np.ndarray, action: int | float, next_obs: np.ndarray, reward: float = 0.0,
+               success: bool = False, catastrophe: bool = False) -> None:
+        """A real transition was observed (data for learned models): task reward, whether the episode
+        ended successfully, whether it was a catastrophe."""
 
     def on_step(self, env_steps: int) -> None:
         """Called once per training step: periodic training, hand-over."""
@@ -90,10 +96,11 @@ class NullShield(Shield):
 class HIRLShield(Shield):
     """Human reviews until the blocker is accurate; then the blocker alone (no look-ahead)."""
 
-    def __init__(self, env: SafetyEnv, n_actions: int, overseer: SimulatedOverseer | None,
+    def __init__(self, env: SafetyEnv, n_actions: int | ActionSet, overseer: SimulatedOverseer | None,
                  blocker: BlockerEnsemble, seed: int = 0) -> None:
         super().__init__()
-        self.env, self.n_actions = env, n_actions
+        self.actions = as_action_set(n_actions)
+        self.env, self.n_actions = env, self.actions.n
         self.overseer, self.blocker = overseer, blocker
         self.rng = np.random.default_rng(seed + 4242)
         self.human_active = overseer is not None
@@ -117,30 +124,31 @@ class HIRLShield(Shield):
         log.info("blocker replaces the human at step %d after %d labels%s", self._env_steps,
                  self.labels_used, " (label budget spent)" if forced else "")
 
-    def human_review(self, obs: np.ndarray, action: int) -> tuple[int, bool] | None:
+    def human_review(self, obs: np.ndarray, action: int | float) -> tuple[int | float, bool] | None:
         """Human decision, or None when the budget runs out (hand-over happens)."""
         assert self.overseer is not None
         try:
-            return self.overseer.review(np.asarray(obs, np.float64), action, self.n_actions, self.rng)
+            return self.overseer.review(np.asarray(obs, np.float64), action, self.actions.candidates, self.rng)
         except LabelBudgetError:
             self.handover(forced=True)
             return None
 
-    def blocker_review(self, obs: np.ndarray, action: int) -> tuple[int, bool]:
-        """Blocker decision; replacement = random action it does not block, else the least risky."""
+    def blocker_review(self, obs: np.ndarray, action: int | float) -> tuple[int | float, bool]:
+        """Blocker decision; replacement = random candidate it does not block, else the least risky."""
         if not self.blocker.ready:
             return action, False
-        A = self.n_actions
-        mean, std = self.blocker.assess(np.repeat(np.asarray(obs, np.float32)[None], A, 0), np.arange(A))
+        cands = self.actions.candidates
+        acts = np.concatenate([[action], cands]).astype(self.actions.dtype)
+        mean, std = self.blocker.assess(np.repeat(np.asarray(obs, np.float32)[None], len(acts), 0), acts)
         flags = self.blocker.flags(mean, std)
-        if not flags[action]:
+        if not flags[0]:
             return action, False
-        safe = np.flatnonzero(~flags)
+        safe = np.flatnonzero(~flags[1:])
         if len(safe):
-            return int(self.rng.choice(safe)), True
-        return int(np.argmin(self.blocker.risk(mean, std))), True
+            return cands[int(self.rng.choice(safe))].item(), True
+        return cands[int(np.argmin(self.blocker.risk(mean, std)[1:]))].item(), True
 
-    def review(self, obs: np.ndarray, action: int) -> tuple[int, bool, str]:
+    def review(self, obs: np.ndarray, action: int | float) -> tuple[int | float, bool, str]:
         """Human while present, blocker afterwards: ``(executed, blocked, source)``."""
         if self.human_active:
             out = self.human_review(obs, action)
@@ -149,7 +157,7 @@ class HIRLShield(Shield):
         executed, blocked = self.blocker_review(obs, action)
         return executed, blocked, "blocker"
 
-    def decide(self, obs: np.ndarray, proposed: int) -> ShieldDecision:
+    def decide(self, obs: np.ndarray, proposed: int | float) -> ShieldDecision:
         executed, unsafe, source = self.review(obs, proposed)
         return self._count(ShieldDecision(proposed, executed, executed != proposed, unsafe, source))
 
@@ -175,7 +183,7 @@ class HIRLShield(Shield):
 class MBHIShield(HIRLShield):
     """HIRL + model-based look-ahead with an MPC fallback."""
 
-    def __init__(self, env: SafetyEnv, n_actions: int, overseer: SimulatedOverseer | None,
+    def __init__(self, env: SafetyEnv, n_actions: int | ActionSet, overseer: SimulatedOverseer | None,
                  blocker: BlockerEnsemble, model: DynamicsEnsemble | ModelLike, policy: Policy | None,
                  lookahead: LookaheadConfig | None = None, mpc: MPCConfig | None = None,
                  seed: int = 0) -> None:
@@ -183,15 +191,20 @@ class MBHIShield(HIRLShield):
         self.model = model
         self.policy = policy
         self.lookahead = lookahead or LookaheadConfig()
-        self.imagination = Imagination(model, blocker, env.reward_fn, env.success_fn, n_actions)
-        self.mpc = SafeMPC(self.imagination, n_actions, mpc or MPCConfig(), self.lookahead, seed)
+        mpc = mpc or MPCConfig()
+        # default: the planner's reward and termination are the model's learned heads; the simulator's
+        # reward_fn / success_fn only in the labelled "privileged" ablation
+        privileged = mpc.reward == "privileged"
+        self.imagination = Imagination(model, blocker, env.reward_fn if privileged else None,
+                                       env.success_fn if privileged else None, self.actions)
+        self.mpc = SafeMPC(self.imagination, self.actions, mpc, self.lookahead, seed)
         self.training = True
 
     @property
     def lookahead_active(self) -> bool:
         return bool(self.model.ready and self.blocker.ready)
 
-    def imagine(self, obs: np.ndarray, proposed: int) -> tuple[int, bool, bool]:
+    def imagine(self, obs: np.ndarray, proposed: int | float) -> tuple[int | float, bool, bool]:
         """Look ahead from ``obs`` with ``proposed``: ``(action to execute, flagged, proposal unsafe)``.
 
         Not flagged: the proposal runs. Flagged: MPC plans from ``obs``; its action runs (or the
@@ -203,13 +216,13 @@ class MBHIShield(HIRLShield):
                                        cfg.particles, score=False)
         if not cfg.unsafe(res)[0]:
             return proposed, False, False
-        plan = self.mpc.plan(obs)
-        proposal_safe = bool(plan.safe[proposed])
+        plan = self.mpc.plan(obs, proposed)
+        proposal_safe = plan.proposal_safe
         if cfg.keep_safe_proposal and proposal_safe:
             return proposed, True, False
         return plan.action, True, not proposal_safe
 
-    def decide(self, obs: np.ndarray, proposed: int) -> ShieldDecision:
+    def decide(self, obs: np.ndarray, proposed: int | float) -> ShieldDecision:
         candidate, flagged, unsafe, source = proposed, False, False, "none"
         if self.lookahead_active:
             candidate, flagged, unsafe = self.imagine(obs, proposed)
@@ -227,9 +240,12 @@ class MBHIShield(HIRLShield):
         blocked = candidate != proposed
         return self._count(ShieldDecision(proposed, candidate, blocked, unsafe, source, flagged))
 
-    def record(self, obs: np.ndarray, action: int, next_obs: np.ndarray) -> None:
+    def record(self, obs: np.ndarray, action: int | float, next_obs: np.ndarray, reward: float = 0.0,
+               success: bool = False, catastrophe: bool = False) -> None:
+        # the reward / termination heads never learn from a catastrophe transition (weight 0): the
+        # planner knows catastrophes only through the blocker
         if self.training and isinstance(self.model, DynamicsEnsemble):
-            self.model.add(obs, action, next_obs)
+            self.model.add(obs, action, next_obs, reward, success, 0.0 if catastrophe else 1.0)
 
     def on_step(self, env_steps: int) -> None:
         super().on_step(env_steps)
@@ -244,7 +260,37 @@ class MBHIShield(HIRLShield):
         return {**super().stats(), "mpc_calls": self.mpc.calls}
 
 
-def agent_transitions(obs: np.ndarray, proposed: int, reward: float, next_obs: np.ndarray,
+class SelfLabelShield(MBHIShield):
+    """MBHI without the human: the blocker learns from the agent's own transitions.
+
+    Every real step is a label ``(state, executed action, catastrophe happened)``; no human labels are
+    used. The blocker, look-ahead and MPC are MBHI's, so the difference to MBHI measures what the human's
+    blocking labels contribute (a crash must happen before it can be predicted).
+    """
+
+    def __init__(self, env: SafetyEnv, n_actions: int | ActionSet, blocker: BlockerEnsemble,
+                 model: DynamicsEnsemble | ModelLike, policy: Policy | None,
+                 lookahead: LookaheadConfig | None = None, mpc: MPCConfig | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(env, n_actions, None, blocker, model, policy, lookahead, mpc, seed)
+        self.self_labels = LabelLog()
+
+    def record(self, obs: np.ndarray, action: int | float, next_obs: np.ndarray, reward: float = 0.0,
+               success: bool = False, catastrophe: bool = False) -> None:
+        super().record(obs, action, next_obs, reward, success, catastrophe)
+        if self.training:
+            self.self_labels.add(obs, action, catastrophe)
+
+    def on_step(self, env_steps: int) -> None:
+        super().on_step(env_steps)
+        if self.training and len(self.self_labels):
+            self.blocker.update(self.self_labels)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "self_labels": len(self.self_labels)}
+
+
+def agent_transitions(obs: np.ndarray, proposed: int | float, reward: float, next_obs: np.ndarray,
                       terminated: bool, info: dict[str, Any]) -> list[Transition]:
     """What the agent learns from one wrapped step.
 
@@ -253,10 +299,10 @@ def agent_transitions(obs: np.ndarray, proposed: int, reward: float, next_obs: n
     caused, as a penalty. (A safe proposal that MPC merely overrode adds nothing.)
     """
     sh = info.get("shield")
-    executed = int(sh["executed"]) if sh else int(proposed)
+    executed = sh["executed"] if sh else proposed
     out = [Transition(obs, executed, float(reward), next_obs, bool(terminated))]
     if sh and sh["blocked"] and sh["unsafe"]:
-        out.append(Transition(obs, int(proposed), -float(sh["penalty"]), obs, True, virtual=True))
+        out.append(Transition(obs, proposed, -float(sh["penalty"]), obs, True, virtual=True))
     return out
 
 
@@ -273,6 +319,7 @@ class ShieldWrapper(gym.Wrapper):
                  block_penalty: float = 0.0) -> None:
         super().__init__(env)
         self.shield = shield
+        self.actions = ActionSet.from_space(env.action_space)
         self.catastrophe_penalty = catastrophe_penalty
         self.block_penalty = block_penalty
         self._obs: np.ndarray | None = None
@@ -285,14 +332,15 @@ class ShieldWrapper(gym.Wrapper):
     def step(self, action):
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
-        d = self.shield.decide(self._obs, int(action))
-        obs, reward, terminated, truncated, info = self.env.step(d.executed)
+        d = self.shield.decide(self._obs, self.actions.scalar(action))
+        obs, reward, terminated, truncated, info = self.env.step(self.actions.to_env(d.executed))
         catastrophe = bool(info.get("catastrophe", False))
         info["task_reward"] = float(reward)
         penalised = d.blocked and d.unsafe
         info["shield"] = {"proposed": d.proposed, "executed": d.executed, "blocked": d.blocked,
                           "unsafe": d.unsafe, "source": d.source, "flagged": d.flagged,
                           "penalty": self.block_penalty if penalised else 0.0}
-        self.shield.record(self._obs, d.executed, obs)
+        self.shield.record(self._obs, d.executed, obs, float(reward), bool(info.get("success", False)),
+                           catastrophe)
         self._obs = obs
         return obs, float(reward) - self.catastrophe_penalty * catastrophe, terminated, truncated, info

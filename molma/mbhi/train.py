@@ -5,7 +5,13 @@ Methods (all share the agent, the task and the step budget):
 - ``none``: no oversight; the task reward only (a catastrophe ends the episode).
 - ``shaping``: reward minus ``catastrophe_penalty`` on a catastrophe.
 - ``hirl``: shaping + HIRL shield (human, then blocker); blocked proposals cost ``block_penalty``.
-- ``mbhi``: shaping + MBHI shield (look-ahead in the dynamics ensemble, MPC fallback).
+- ``mbhi``: shaping + MBHI shield (look-ahead in the dynamics ensemble, MPC fallback; the planner's
+  reward and termination are learned, ``mpc.reward=privileged`` gives the simulator's as an ablation).
+- ``mbhi_nohuman``: MBHI without the human: the blocker learns from the agent's own catastrophes.
+- ``pets``: no DQN and no oversight: CEM-MPC in the learned model with the learned (shaped) reward.
+
+Continuous-action tasks (a 1-D ``Box``) use a DQN over a grid of ``action_grid`` values
+(:class:`~molma.mbhi.agents.GridAgent`); the shield, models and MPC act on the continuous value.
 
 A run records cumulative catastrophes and human labels every ``log_every`` steps, every episode's task
 return, and ends with ``eval_episodes`` greedy episodes behind the deployed shield (no human, no more
@@ -22,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -30,8 +36,9 @@ import torch
 from tqdm import tqdm
 
 from molma.atomic import write_text_atomic
-from molma.config import check_range, to_dict
-from molma.mbhi.agents import DQNAgent, DQNConfig
+from molma.config import COUNT, NON_NEGATIVE, SEED, Range, check_ranges, to_dict
+from molma.mbhi.actions import ActionSet
+from molma.mbhi.agents import DQNAgent, DQNConfig, GridAgent
 from molma.mbhi.blocker import BlockerConfig, BlockerEnsemble
 from molma.mbhi.dynamics import DynamicsConfig, DynamicsEnsemble
 from molma.mbhi.envs import CLIFF_CART_ID, register_envs, safety_env
@@ -39,10 +46,12 @@ from molma.mbhi.lookahead import LookaheadConfig
 from molma.mbhi.mpc import MPCConfig
 from molma.mbhi.nets import save_module
 from molma.mbhi.overseer import OverseerConfig, SimulatedOverseer
+from molma.mbhi.pets import PETSAgent
 from molma.mbhi.shield import (
     HIRLShield,
     MBHIShield,
     NullShield,
+    SelfLabelShield,
     Shield,
     ShieldWrapper,
     agent_transitions,
@@ -50,8 +59,8 @@ from molma.mbhi.shield import (
 
 log = logging.getLogger(__name__)
 
-Method = Literal["none", "shaping", "hirl", "mbhi"]
-METHODS: tuple[str, ...] = ("none", "shaping", "hirl", "mbhi")
+Method = Literal["none", "shaping", "hirl", "mbhi", "mbhi_nohuman", "pets"]
+METHODS: tuple[str, ...] = ("none", "shaping", "hirl", "mbhi", "mbhi_nohuman", "pets")
 
 
 @dataclass
@@ -61,6 +70,7 @@ class RunConfig:
     env: str = CLIFF_CART_ID
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     method: Method = "mbhi"
+    name: str | None = None  # result folder / label of a variant (default: the method)
     seed: int = 0
     total_steps: int = 10_000
     catastrophe_penalty: float = 20.0  # reward shaping (all methods except "none")
@@ -68,6 +78,7 @@ class RunConfig:
     eval_episodes: int = 10
     log_every: int = 100
     checkpoint_dir: str | None = None  # save agent/blocker/dynamics (safetensors) here
+    action_grid: int = 5  # continuous tasks: DQN proposals and human/HIRL replacement candidates
     dqn: DQNConfig = field(default_factory=DQNConfig)
     overseer: OverseerConfig = field(default_factory=OverseerConfig)
     blocker: BlockerConfig = field(default_factory=BlockerConfig)
@@ -75,14 +86,21 @@ class RunConfig:
     lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)
     mpc: MPCConfig = field(default_factory=MPCConfig)
 
+    # the valid range of every numeric field (each element of a tuple); NaN and inf never
+    RANGES: ClassVar[dict[str, Range]] = {
+        "seed": SEED, "total_steps": COUNT, "catastrophe_penalty": NON_NEGATIVE, "block_penalty": NON_NEGATIVE,
+        "eval_episodes": Range(0), "log_every": COUNT, "action_grid": Range(2),
+    }
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        check_range("total_steps", self.total_steps, 1)
-        check_range("catastrophe_penalty", self.catastrophe_penalty, 0.0)
-        check_range("block_penalty", self.block_penalty, 0.0)
-        check_range("eval_episodes", self.eval_episodes, 0)
-        check_range("log_every", self.log_every, 1)
+        check_ranges(self)
+
+    @property
+    def label(self) -> str:
+        """The variant's name in results (``name`` or the method)."""
+        return self.name or self.method
 
 
 @dataclass
@@ -131,23 +149,38 @@ def env_slug(env_id: str) -> str:
     return env_id.split("/")[-1]
 
 
-def make_shield(cfg: RunConfig, env: gym.Env, agent: DQNAgent) -> Shield:
+def make_agent(cfg: RunConfig, env: gym.Env) -> DQNAgent | GridAgent | PETSAgent:
+    """The learner of ``cfg.method``: a DQN (over an action grid for continuous tasks), or PETS."""
+    space = env.observation_space
+    actions = ActionSet.from_space(env.action_space, grid=cfg.action_grid)
+    if cfg.method == "pets":
+        model = DynamicsEnsemble(space.shape[0], actions, cfg.dynamics, seed=cfg.seed + 37)
+        return PETSAgent(model, actions, cfg.mpc, seed=cfg.seed)
+    dqn = DQNAgent(space.low, space.high, actions.n, cfg.dqn, seed=cfg.seed)
+    return dqn if actions.discrete else GridAgent(dqn, actions)
+
+
+def make_shield(cfg: RunConfig, env: gym.Env, agent: DQNAgent | GridAgent | PETSAgent) -> Shield:
     """The shield of ``cfg.method`` for ``env`` (its overseer, blocker and dynamics model)."""
-    if cfg.method in ("none", "shaping"):
+    if cfg.method in ("none", "shaping", "pets"):
         return NullShield()
     sim = safety_env(env)
     obs_dim = env.observation_space.shape[0]
-    n_actions = int(env.action_space.n)
+    actions = ActionSet.from_space(env.action_space, grid=cfg.action_grid)
+    blocker = BlockerEnsemble(obs_dim, actions, cfg.blocker, seed=cfg.seed + 23)
+    model = DynamicsEnsemble(obs_dim, actions, cfg.dynamics, seed=cfg.seed + 37)
+    if cfg.method == "mbhi_nohuman":
+        return SelfLabelShield(sim, actions, blocker, model, agent.policy, cfg.lookahead, cfg.mpc,
+                               seed=cfg.seed)
     overseer = SimulatedOverseer(sim, cfg.overseer, seed=cfg.seed + 11)
-    blocker = BlockerEnsemble(obs_dim, n_actions, cfg.blocker, seed=cfg.seed + 23)
     if cfg.method == "hirl":
-        return HIRLShield(sim, n_actions, overseer, blocker, seed=cfg.seed)
-    model = DynamicsEnsemble(obs_dim, n_actions, cfg.dynamics, seed=cfg.seed + 37)
-    return MBHIShield(sim, n_actions, overseer, blocker, model, agent.policy, cfg.lookahead, cfg.mpc,
+        return HIRLShield(sim, actions, overseer, blocker, seed=cfg.seed)
+    return MBHIShield(sim, actions, overseer, blocker, model, agent.policy, cfg.lookahead, cfg.mpc,
                       seed=cfg.seed)
 
 
-def evaluate(agent: DQNAgent, cfg: RunConfig, shield: Shield, episodes: int, seed: int) -> dict[str, float]:
+def evaluate(agent: DQNAgent | GridAgent | PETSAgent, cfg: RunConfig, shield: Shield, episodes: int,
+             seed: int) -> dict[str, float]:
     """Greedy episodes behind the deployed ``shield``: mean task return, catastrophes, successes."""
     shield.deploy()
     env = ShieldWrapper(gym.make(cfg.env, **cfg.env_kwargs), shield)
@@ -175,8 +208,8 @@ def run_experiment(cfg: RunConfig, progress: bool = False) -> RunResult:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     base = gym.make(cfg.env, **cfg.env_kwargs)
-    space = base.observation_space
-    agent = DQNAgent(space.low, space.high, int(base.action_space.n), cfg.dqn, seed=cfg.seed)
+    base.action_space.seed(cfg.seed)
+    agent = make_agent(cfg, base)
     shield = make_shield(cfg, base, agent)
     penalty = 0.0 if cfg.method == "none" else cfg.catastrophe_penalty
     env = ShieldWrapper(base, shield, catastrophe_penalty=penalty, block_penalty=cfg.block_penalty)
@@ -184,7 +217,7 @@ def run_experiment(cfg: RunConfig, progress: bool = False) -> RunResult:
     steps, cum_cat, labels, episodes = [], [], [], []
     n_cat, ep_ret, ep_len = 0, 0.0, 0
     obs, _ = env.reset(seed=cfg.seed)
-    bar = tqdm(total=cfg.total_steps, desc=f"{env_slug(cfg.env)}/{cfg.method}/s{cfg.seed}",
+    bar = tqdm(total=cfg.total_steps, desc=f"{env_slug(cfg.env)}/{cfg.label}/s{cfg.seed}",
                disable=not progress, mininterval=1.0, leave=False)
     for t in range(1, cfg.total_steps + 1):
         proposed = agent.act(obs)
@@ -229,13 +262,17 @@ def run_experiment(cfg: RunConfig, progress: bool = False) -> RunResult:
     }
     if cfg.checkpoint_dir:
         save_checkpoints(Path(cfg.checkpoint_dir), agent, shield)
+    if isinstance(agent, PETSAgent):
+        summary["mpc_calls"] = agent.mpc.calls
     log.info("%s %s seed %d: %d catastrophes, %d labels, final return %.2f (%.0f s)", env_slug(cfg.env),
-             cfg.method, cfg.seed, n_cat, shield.labels_used, final["return"], summary["wall_seconds"])
-    return RunResult(cfg.env, cfg.method, cfg.seed, steps, cum_cat, labels, episodes, summary, to_dict(cfg))
+             cfg.label, cfg.seed, n_cat, shield.labels_used, final["return"], summary["wall_seconds"])
+    return RunResult(cfg.env, cfg.label, cfg.seed, steps, cum_cat, labels, episodes, summary, to_dict(cfg))
 
 
-def save_checkpoints(directory: Path, agent: DQNAgent, shield: Shield) -> list[Path]:
-    """Agent Q-network, blocker and dynamics ensembles as safetensors files (atomic writes)."""
+def save_checkpoints(directory: Path, agent: DQNAgent | GridAgent | PETSAgent, shield: Shield) -> list[Path]:
+    """Agent Q-network (PETS: its dynamics model), blocker and dynamics ensembles as safetensors files."""
+    if isinstance(agent, PETSAgent):
+        return [save_module(agent.model, directory / "dynamics.safetensors")]
     paths = [save_module(agent.q, directory / "agent_q.safetensors")]
     if isinstance(shield, HIRLShield):
         paths.append(save_module(shield.blocker, directory / "blocker.safetensors"))
@@ -264,11 +301,11 @@ def run_many(configs: Sequence[RunConfig], out_dir: str | Path, workers: int = 1
     """Run configs (in ``workers`` processes, one torch thread each), saving each result as it ends."""
     todo = []
     for cfg in configs:
-        path = result_path(out_dir, cfg.env, cfg.method, cfg.seed)
+        path = result_path(out_dir, cfg.env, cfg.label, cfg.seed)
         if not (skip_existing and path.exists()):
             todo.append((cfg, path))
     # the slowest (MBHI) first so the pool drains evenly
-    todo.sort(key=lambda item: item[0].method != "mbhi")
+    todo.sort(key=lambda item: item[0].method not in ("mbhi", "mbhi_nohuman", "pets"))
     if workers <= 1:
         torch.set_num_threads(1)
         for cfg, path in tqdm(todo, desc="runs", disable=not progress or len(todo) < 2):
@@ -281,6 +318,6 @@ def run_many(configs: Sequence[RunConfig], out_dir: str | Path, workers: int = 1
                 cfg = jobs[job]
                 s = job.result()
                 log.info("done %s %s seed %d: %d catastrophes, final return %.2f, %.0f s",
-                         env_slug(cfg.env), cfg.method, cfg.seed, s["catastrophes"], s["final_return"],
+                         env_slug(cfg.env), cfg.label, cfg.seed, s["catastrophes"], s["final_return"],
                          s["wall_seconds"])
-    return [RunResult.load(result_path(out_dir, c.env, c.method, c.seed)) for c in configs]
+    return [RunResult.load(result_path(out_dir, c.env, c.label, c.seed)) for c in configs]

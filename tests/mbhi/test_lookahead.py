@@ -96,10 +96,13 @@ def learned() -> tuple[BlockerEnsemble, DynamicsEnsemble]:
     """A dynamics ensemble on random transitions and a blocker on the human's labels near the edge."""
     env = CliffCartEnv()
     rng = np.random.default_rng(0)
-    states = np.column_stack([rng.uniform(5.0, 10.0, 3000), rng.uniform(-0.8, 0.8, 3000)])
+    states = np.column_stack([rng.uniform(2.0, 10.0, 3000), rng.uniform(-0.8, 0.8, 3000)])
     actions = rng.integers(0, 3, 3000)
     model = DynamicsEnsemble(2, 3, DynamicsConfig(members=5, sample=False, lr=3e-3), seed=0)
-    model.add_batch(states, actions, env.simulate(states, actions, rng))
+    nxt = env.simulate(states, actions, rng)
+    task_reward = env.reward_fn(states, actions, nxt)
+    safe = ~env.catastrophe_fn(nxt)  # as in MBHI, the reward head never sees a catastrophe
+    model.add_batch(states[safe], actions[safe], nxt[safe], task_reward[safe], np.zeros(int(safe.sum()), bool))
     model.fit(600)
     overseer = SimulatedOverseer(env, OverseerConfig(samples=1, label_budget=10_000))
     for s, a in zip(states[:2500], actions[:2500]):

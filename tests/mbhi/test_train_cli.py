@@ -9,8 +9,15 @@ import pytest
 
 from molma.cli.main import main
 from molma.config import ConfigError, from_dict
-from molma.mbhi.compare import check_targets, compare, load_results
-from molma.mbhi.train import RunConfig, run_experiment
+from molma.mbhi.compare import (
+    check_targets,
+    compare,
+    load_results,
+    return_auc,
+    steps_to_threshold,
+    t_interval,
+)
+from molma.mbhi.train import RunConfig, RunResult, run_experiment
 
 TINY = {
     "total_steps": 400, "eval_episodes": 1, "log_every": 50,
@@ -23,7 +30,7 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("method", ["none", "shaping", "hirl", "mbhi"])
+@pytest.mark.parametrize("method", ["none", "shaping", "hirl", "mbhi", "mbhi_nohuman", "pets"])
 def test_run_experiment_records_consistent_curves(method: str) -> None:
     cfg = from_dict(RunConfig, {**TINY, "env": "molma/CliffCart-v0", "method": method, "seed": 1})
     r = run_experiment(cfg)
@@ -33,8 +40,10 @@ def test_run_experiment_records_consistent_curves(method: str) -> None:
     assert r.summary["catastrophes"] >= sum(e["catastrophe"] for e in r.episodes)
     assert sum(e["length"] for e in r.episodes) <= 400
     assert np.isfinite(r.summary["final_return"])
-    if method in ("none", "shaping"):
+    if method in ("none", "shaping", "pets"):
         assert r.summary["labels_used"] == 0 and r.summary["blocks"] == 0
+    elif method == "mbhi_nohuman":  # no human: its blocker learns from the agent's own steps
+        assert r.summary["labels_used"] == 0 and r.summary["self_labels"] == 400
     else:
         assert 0 < r.summary["labels_used"] <= 300
     json.dumps(r.to_json())
@@ -102,6 +111,28 @@ def test_target_check_logic() -> None:
     assert not check_targets(rows)["e"]["met"]
     rows[-1] = row("mbhi", 10, 91)
     assert not check_targets(rows)["e"]["fewer_catastrophes_than"]["hirl"]
+
+
+def test_t_interval_and_sample_efficiency_metrics() -> None:
+    ci = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert ci["mean"] == 3.0 and ci["n"] == 5
+    assert ci["hi"] - 3.0 == pytest.approx(2.776 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5))
+    assert np.isnan(t_interval([7.0])["lo"]) and t_interval([None, float("nan")])["n"] == 0
+    episodes = [{"end_step": 100 * (i + 1), "return": float(i), "length": 100, "catastrophe": False,
+                 "success": False} for i in range(10)]
+    r = RunResult("e", "m", 0, [200, 400, 600, 800, 1000], [0] * 5, [0] * 5, episodes, {}, {})
+    assert steps_to_threshold(r, 2.0, window=2) == 400  # episodes ending at 300, 400 -> mean 2.5
+    assert steps_to_threshold(r, 100.0) is None
+    assert return_auc(r, window=1) == pytest.approx(np.mean([1, 3, 5, 7, 9]))
+
+
+def test_variant_names_name_the_result_folder(tmp_path) -> None:
+    code = main(["mbhi", "run", "--env", "molma/CliffCart-v0", "--method", "mbhi", "--name", "mbhi_h1",
+                 "--seeds", "0", "--steps", "120", "--out", str(tmp_path), *_overrides(),
+                 "lookahead.horizon=1"])
+    assert code == 0
+    r = load_results(tmp_path)[0]
+    assert r.method == "mbhi_h1" and r.config["method"] == "mbhi" and r.config["lookahead"]["horizon"] == 1
 
 
 def test_nan_summaries_are_saved_as_null(tmp_path) -> None:
