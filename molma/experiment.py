@@ -433,11 +433,11 @@ def _judges(cfg: ExperimentConfig, rm_dir: Path) -> list:
             RewardModel.from_pretrained(rm_dir / "rm-safe", name="safe", precision=cfg.precision)]
 
 
-def _eval_config(cfg: ExperimentConfig):
+def _eval_config(cfg: ExperimentConfig, versus: str | None = "molma"):
     from molma.eval import EvalConfig
 
     return EvalConfig(max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
-                      versus="molma", kl_reference="ref", resume=True, precision=cfg.precision,
+                      versus=versus, kl_reference="ref", resume=True, precision=cfg.precision,
                       progress=cfg.workers == 1)
 
 
@@ -453,7 +453,9 @@ def _evaluate_models(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str]
     def loader(spec: str):
         return load_policy(spec) if spec != cfg.model else _load_reference(cfg.model)
 
-    return evaluate_models(models, prompts, _judges(cfg, rm_dir), _eval_config(cfg), out_dir=out, loader=loader)
+    versus = "molma" if "molma" in models else None  # a worker's share may not hold MOLMA
+    return evaluate_models(models, prompts, _judges(cfg, rm_dir), _eval_config(cfg, versus), out_dir=out,
+                           loader=loader)
 
 
 def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str], prompts: list,
