@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from molma.cli.experiment import add_pipeline_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="run the end-to-end pipeline on the embedded SmolLM2 (CPU)")
-    p.add_argument("--config", default="configs/demo.yaml", help="demo config (YAML)")
-    p.add_argument("--out", default=None, help="output folder (default: from the config)")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    p = subparsers.add_parser("demo", help="run the end-to-end pipeline on the embedded SmolLM2 (CPU)",
+                              description="The experiment pipeline at demo size (configs/demo.yaml): judges, "
+                                          "every method, evaluation with paired tests, report, verdict.")
+    add_pipeline_arguments(p, "configs/demo.yaml", "demo config (YAML)")
     p.set_defaults(func=_run)
 
 

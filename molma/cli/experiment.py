@@ -15,10 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example:\n  molma experiment --config configs/cpu/experiment.yaml\n"
                "  molma experiment --config configs/cpu/experiment.yaml workers=2 eval_prompts=64",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/cpu/experiment.yaml", help="experiment config (YAML)")
+    add_pipeline_arguments(p, "configs/cpu/experiment.yaml", "experiment config (YAML)")
+    p.set_defaults(func=_run)
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser, default_config: str, config_help: str) -> None:
+    """--config, --out and key=value overrides of an ExperimentConfig (``molma experiment`` and ``molma demo``)."""
+    p.add_argument("--config", default=default_config, help=config_help)
     p.add_argument("--out", default=None, help="output folder (default: from the config)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (see molma.experiment.ExperimentConfig)")
-    p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
