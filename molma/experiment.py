@@ -654,8 +654,6 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
 
     # 5. evidence and report
     from molma.eval import build_report, load_result
-    from molma.eval.tables import verdict_sentence
-
     result = load_result(eval_dir, versus="molma")
     facts = evidence(result, runs)
     meta = {"config": to_dict(cfg), "stage_seconds": stages.timings, "reused_stages": stages.reused,
@@ -679,9 +677,5 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     # last: the table with paired tests; it ends with the one-sentence verdict
     print(f"\nMOLMA against each model ({len(result.prompt_ids)} held-out prompts, judged by RMhelp / RMsafe; "
           "RMhelp is trained on builtin pairs: no real helpfulness preference data is reachable offline):")
-    text = result.win_rate_text()
-    print(text)
-    verdict = verdict_sentence(result, "molma", result.objectives)
-    if verdict not in text:
-        print("\n" + verdict)
+    print(result.win_rate_text())  # ends with the one-sentence verdict (molma.eval.tables.verdict_sentence)
     return root
