@@ -94,6 +94,9 @@ class TrainConfig:
     out: str = "runs/molma"
     save_every: int = 10
     max_bad_updates: int = 5
+    # subtracted from every objective's raw score of a response cut at max_new_tokens without a stop token
+    # (0: none; the share of such responses is logged as responses/unfinished either way)
+    unfinished_penalty: float = 0.0
     tensorboard: bool = True
     progress: bool = True
 
@@ -107,7 +110,7 @@ class TrainConfig:
         "logit_eps": Range(0.0, 0.5, low_open=True, high_open=True), "gapo_p": Range(1, 2),
         "lr": POSITIVE, "critic_lr": POSITIVE, "weight_decay": NON_NEGATIVE, "adam_betas": FRACTION,
         "adam_eps": POSITIVE, "clip_norm": POSITIVE, "seed": SEED, "save_every": Range(0),
-        "max_bad_updates": COUNT,
+        "max_bad_updates": COUNT, "unfinished_penalty": NON_NEGATIVE,
     }
 
     def __post_init__(self) -> None:

@@ -113,6 +113,20 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     return Batch(seq, attn, P, resp_mask), logp * resp_mask
 
 
+def finished_responses(batch: Batch, tokenizer, model) -> Tensor:
+    """[B] bool: the response ended with a stop token (False: cut at ``max_new_tokens``)."""
+    ids = batch.response_ids
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for sid in _stop_ids(tokenizer, model):
+        done |= (ids == sid).any(dim=1)
+    return done
+
+
+def truncated_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> int:
+    """How many rendered prompts are longer than ``max_prompt_tokens`` (the policy sees their end only)."""
+    return sum(len(ids) > max_prompt_tokens for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
 def _stop_ids(tokenizer, model) -> set[int]:
     ids = {tokenizer.eos_token_id}
     eos = getattr(model.generation_config, "eos_token_id", None)

@@ -57,7 +57,14 @@ from molma.rl.critic import Critic
 from molma.rl.gae import gae, masked_mean, masked_whiten
 from molma.rl.losses import apa_loss, ppo_loss, value_loss
 from molma.rl.prompts import sample_batch, train_heldout_pools
-from molma.rl.rollout import Batch, GenerationSettings, generate, sequence_logprobs
+from molma.rl.rollout import (
+    Batch,
+    GenerationSettings,
+    finished_responses,
+    generate,
+    sequence_logprobs,
+    truncated_prompts,
+)
 from molma.rl.shaping import scalarize, shape_objective_rewards, token_rewards
 
 log = logging.getLogger(__name__)
@@ -240,8 +247,16 @@ class MultiObjectiveTrainer:
             bad = (~torch.isfinite(scores)).nonzero()[0].tolist()
             raise FloatingPointError(f"objective {self.names[bad[0]]!r} gave a non-finite score for "
                                      f"response {bad[1]}: {responses[bad[1]]!r}")
+        # responses cut at max_new_tokens are not finished replies: counted, and optionally penalised
+        finished = finished_responses(batch, self.tokenizer, self.policy).cpu()
+        if cfg.unfinished_penalty:
+            scores[:, ~finished] -= cfg.unfinished_penalty
         scores = scores.to(self.device)
         times["scoring"] = time.perf_counter() - t1
+        self._rollout_counts = torch.tensor([float((~finished).sum()), float(truncated_prompts(
+            self.tokenizer, texts, cfg.max_prompt_tokens)), float(len(texts))], device=self.device)
+        if self.world > 1:
+            self._rollout_counts = mdist.all_reduce_sum(self._rollout_counts)
 
         t2 = time.perf_counter()
         logp_ref, ref_hidden = self._reference_logprobs(batch, hidden=self.critic.frozen)
@@ -352,8 +367,9 @@ class MultiObjectiveTrainer:
                 bad = mdist.any_rank(bad, device=self.device)
             if bad:
                 return self._skip("non-finite gradient", stats)
-            if cfg.clip_norm is not None:
-                stats["grad/norm"] = self._clip(self.policy_params + self.critic_params)
+            if cfg.clip_norm is not None:  # policy and critic clipped apart, as on the multi-objective path
+                stats["grad/norm"] = self._clip(self.policy_params)
+                self._clip(self.critic_params)
         else:
             if cfg.modulate_critic:
                 diag = self.engine.backward(list(policy_losses + cfg.value_coef * value_losses),
@@ -414,6 +430,9 @@ class MultiObjectiveTrainer:
                 sel = torch.tensor([t == tag for t in exp.tags], device=exp.scores.device)
                 metrics[f"reward/raw/{name}/{tag}"] = exp.scores[k][sel].mean().item()
         metrics["kl"] = exp.kl.sum(dim=1).mean().item()
+        unfinished, truncated, n_rows = self._rollout_counts.tolist()
+        metrics["responses/unfinished"] = unfinished / max(n_rows, 1.0)  # cut at max_new_tokens
+        metrics["prompts/truncated"] = truncated / max(n_rows, 1.0)  # left-truncated to max_prompt_tokens
         metrics["response_tokens"] = n_tokens / len(exp.prompts)
         metrics["advantage/mean_abs"] = masked_mean(exp.advantages.abs(), mask.unsqueeze(0).expand_as(
             exp.advantages)).item()

@@ -68,12 +68,21 @@ def test_metrics_and_outputs_are_written(policy, tmp_path):
     assert summary["finished"] and summary["iterations"] == 2
 
 
+def _assert_trained(trainer, initial, out) -> None:
+    """Every update was taken (none skipped) and the policy's parameters moved."""
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(not m.get("skipped_updates") for m in lines), [m.get("skipped_updates") for m in lines]
+    moved = [not torch.equal(a, b) for a, b in zip(initial.parameters(), trainer.policy.parameters())]
+    assert any(moved)
+
+
 @pytest.mark.parametrize("algo", ["gapo", "pgapo", "so-safe", "so-weighted", "so-piecewise", "mgda", "upgrad"])
 def test_every_algorithm_runs(policy, tmp_path, algo):
     kw = {"importance": [0.3, 0.7]} if algo == "pgapo" else {}
     trainer, summary = _train(policy, tmp_path, algo, iterations=1, experience_size=8, minibatch_size=4, **kw)
     assert summary["finished"]
     assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+    _assert_trained(trainer, policy[0], tmp_path / algo)
 
 
 def test_fast_mode_and_modulated_critic_run(policy, tmp_path):
@@ -82,6 +91,30 @@ def test_fast_mode_and_modulated_critic_run(policy, tmp_path):
         trainer, summary = _train(policy, tmp_path, "molma", iterations=1, experience_size=8, minibatch_size=4,
                                   **kw)
         assert summary["finished"]
+        _assert_trained(trainer, policy[0], tmp_path / "molma")
+
+
+def test_apa_anchor_is_the_initial_policy_and_lora_reference_is_the_initial_model(policy, tmp_path):
+    """APA's anchor log-probs (``logp_ref``) are pi_0's, before and after updates; with LoRA the reference
+    (adapters disabled) is exactly the initial model."""
+    from molma.models import LoraSettings
+    from molma.rl.rollout import sequence_logprobs
+
+    model, tok = policy
+    initial = copy.deepcopy(model).eval()
+    trainer = MultiObjectiveTrainer(
+        _config(tmp_path, "molma", lora=LoraSettings(r=4, alpha=8), experience_size=8, minibatch_size=8,
+                precision="fp32"),
+        policy=copy.deepcopy(model), tokenizer=tok, objectives=toy.objectives(), prompt_pools=toy.pools())
+    for iteration in (1, 2, 3):
+        exp, _ = trainer.collect(iteration)
+        with torch.no_grad():
+            expected, _ = sequence_logprobs(initial, exp.batch)
+        assert torch.allclose(exp.logp_ref, expected, atol=1e-5)
+        trainer.policy.train()
+        trainer.update(exp, iteration)
+    lora = [p for n, p in trainer.policy.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora)  # the adapters did train
 
 
 @pytest.mark.parametrize("optimizer_format", ["by-name", "by-position (molma 0.2)"])
@@ -156,3 +189,48 @@ def test_rl_switches_dropout_off(tmp_path):
     b, _ = sequence_logprobs(trainer.policy, batch)
     assert torch.equal(a, b)
     assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in trainer.policy.modules())
+
+
+def test_single_objective_path_clips_policy_and_critic_apart(policy, tmp_path):
+    """SO baselines clip the policy's gradient on its own, as the multi-objective path does: a huge critic
+    gradient must not shrink the policy's step (it did when the two were clipped jointly)."""
+    model, tok = policy
+    trainer = MultiObjectiveTrainer(
+        _config(tmp_path, "so-weighted", experience_size=8, minibatch_size=8, value_coef=1e6, clip_norm=1.0,
+                critic_backbone="frozen", precision="fp32"),
+        policy=copy.deepcopy(model), tokenizer=tok, objectives=toy.objectives(), prompt_pools=toy.pools())
+    norms = []
+    step = trainer.optimizer.step
+
+    def record(*args, **kwargs):
+        grads = [p.grad for p in trainer.policy_params if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record
+    exp, _ = trainer.collect(1)
+    trainer.policy.train()
+    stats = trainer.update(exp, 1)
+    assert norms and stats["grad/norm"] > 1e-3
+    assert norms[0] == pytest.approx(min(stats["grad/norm"], 1.0), rel=1e-4)
+
+
+def test_unfinished_responses_and_truncated_prompts_are_counted_and_can_be_penalised(policy, tmp_path):
+    """Responses cut at max_new_tokens were scored as finished replies without a word; now their share is
+    logged (and optionally penalised), and so is the share of prompts the policy saw left-truncated."""
+    model, tok = policy
+
+    def first_iteration(**kw):
+        trainer = MultiObjectiveTrainer(
+            _config(tmp_path, "molma", experience_size=8, minibatch_size=8, max_new_tokens=2, precision="fp32",
+                    **kw),
+            policy=copy.deepcopy(model), tokenizer=tok, objectives=toy.objectives(), prompt_pools=toy.pools())
+        return trainer.run_iteration(1)
+
+    plain = first_iteration()
+    assert plain["responses/unfinished"] == 1.0  # two tokens never reach the end of an answer
+    assert plain["prompts/truncated"] == 0.0
+    penalised = first_iteration(unfinished_penalty=1.0)
+    assert penalised["reward/raw/long"] == pytest.approx(plain["reward/raw/long"] - 1.0)
+    cut = first_iteration(max_prompt_tokens=8)
+    assert cut["prompts/truncated"] == 1.0
