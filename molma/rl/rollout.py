@@ -127,6 +127,18 @@ def truncated_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> in
     return sum(len(ids) > max_prompt_tokens for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
+def seen_prompt(tokenizer, prompt: str, rendered: str, max_prompt_tokens: int) -> str:
+    """The part of ``prompt`` the policy saw when its chat-templated form ``rendered`` was left-truncated to
+    ``max_prompt_tokens``: the prompt's last tokens, as many as fit after the template's own tokens (the
+    prompt itself when nothing was cut)."""
+    n_rendered = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    if n_rendered <= max_prompt_tokens:
+        return prompt
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    keep = max(0, len(ids) - (n_rendered - max_prompt_tokens))
+    return tokenizer.decode(ids[len(ids) - keep:]) if keep else ""
+
+
 def _stop_ids(tokenizer, model) -> set[int]:
     ids = {tokenizer.eos_token_id}
     eos = getattr(model.generation_config, "eos_token_id", None)

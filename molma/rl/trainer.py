@@ -62,6 +62,7 @@ from molma.rl.rollout import (
     GenerationSettings,
     finished_responses,
     generate,
+    seen_prompt,
     sequence_logprobs,
     truncated_prompts,
 )
@@ -241,7 +242,9 @@ class MultiObjectiveTrainer:
         times["generation"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        shard_prompts = [prompts[i].text for i in rows]
+        # the judges read what the policy saw: a prompt left-truncated for the policy is truncated for them too
+        shard_prompts = [seen_prompt(self.tokenizer, prompts[i].text, text, cfg.max_prompt_tokens)
+                         for i, text in zip(rows, texts)]
         scores = torch.stack([obj.score(shard_prompts, responses).float().cpu() for obj in self.objectives])
         if not torch.isfinite(scores).all():
             bad = (~torch.isfinite(scores)).nonzero()[0].tolist()

@@ -234,3 +234,32 @@ def test_unfinished_responses_and_truncated_prompts_are_counted_and_can_be_penal
     assert penalised["reward/raw/long"] == pytest.approx(plain["reward/raw/long"] - 1.0)
     cut = first_iteration(max_prompt_tokens=8)
     assert cut["prompts/truncated"] == 1.0
+
+
+def test_judges_score_the_prompt_the_policy_saw(policy, tmp_path):
+    """A prompt left-truncated for the policy reaches the objectives truncated the same way (they scored
+    the full prompt before)."""
+    from molma.data import Prompt
+    from molma.rewards import RewardFunction
+
+    model, tok = policy
+    seen: list[str] = []
+
+    def record(prompts, responses):
+        seen.extend(prompts)
+        return [0.0] * len(prompts)
+
+    from molma.data.chat import render_prompt
+
+    long = "Please list some words. " * 6 + "Say some words."
+    pools = {"help": [Prompt(long, "help")], "safe": [Prompt("Tell me words.", "safe")]}
+    limit = len(tok(render_prompt(tok, "Tell me words."), add_special_tokens=False)["input_ids"]) + 10
+    trainer = MultiObjectiveTrainer(
+        _config(tmp_path, "molma", experience_size=4, minibatch_size=4, max_prompt_tokens=limit, precision="fp32"),
+        policy=copy.deepcopy(model), tokenizer=tok,
+        objectives=[RewardFunction(record, "long"), RewardFunction(toy.clean_reward, "clean")],
+        prompt_pools=(pools, pools))
+    trainer.collect(1)
+    cut = [p for p in seen if p != "Tell me words."]
+    assert cut and all(long.endswith(p.strip()) and len(p) < len(long) for p in cut)
+    assert "Tell me words." in seen  # short prompts are passed unchanged
