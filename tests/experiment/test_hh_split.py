@@ -41,3 +41,15 @@ def test_real_hh_file_split_never_leaks_a_heldout_prompt(hh_harmless_path):
     # deterministic in the seed
     again = read_hh_split(hh_harmless_path, validation_fraction=0.2, seed=0)
     assert [p.text for p in again.heldout_prompts] == [p.text for p in split.heldout_prompts]
+
+
+def test_self_instruct_rows_keep_their_instance_input(tmp_path):
+    """self-instruct rows carry the task's input inside ``instances``: it completes the prompt."""
+    from molma.data import read_prompts
+    from tests.data.helpers import write_jsonl
+
+    rows = [{"id": "a", "instruction": "Convert the citation to APA.", "instances": [{"input": "Vaswani 2017",
+                                                                                     "output": "x"}]},
+            {"id": "b", "instruction": "Tell a joke.", "instances": [{"input": "", "output": "y"}]}]
+    prompts = list(read_prompts(write_jsonl(tmp_path / "si.jsonl", rows), tag="help"))
+    assert [p.text for p in prompts] == ["Convert the citation to APA.\n\nVaswani 2017", "Tell a joke."]
