@@ -29,7 +29,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ class Stages:
 def _prepare_data(cfg: ExperimentConfig, out: Path) -> None:
     """Write the prompt pools (``<pool>-{train,validation,heldout}.jsonl``) and ``data.json``."""
     from molma.data.hh import normalise_prompt, read_hh_split, write_prompts
-    from molma.data.mixing import split_records
+    from molma.data.mixing import split_off
     from molma.rl.prompts import load_pool
 
     pools: dict[str, dict[str, list]] = {}
@@ -213,8 +213,7 @@ def _prepare_data(cfg: ExperimentConfig, out: Path) -> None:
     if cfg.help_eval_prompts:
         help_train, help_heldout = help_pool, load_pool(cfg.help_eval_prompts, "help")
     else:
-        help_train, help_heldout, _ = split_records(help_pool, (1 - cfg.prompt_heldout_fraction,
-                                                                cfg.prompt_heldout_fraction, 0.0), seed=cfg.seed)
+        help_train, help_heldout = split_off(help_pool, cfg.prompt_heldout_fraction, cfg.seed)
     pools["help"] = {"train": help_train, "heldout": help_heldout}
     info["help"] = {"source": cfg.help_prompts, "heldout_source": cfg.help_eval_prompts or "share of source"}
     # safety: real HH red-teaming first turns split by dialogue, or the builtin pool
@@ -226,8 +225,7 @@ def _prepare_data(cfg: ExperimentConfig, out: Path) -> None:
                         "pairs_with_empty_reply_left_out": split.dropped}
     else:
         safe_pool = load_pool("builtin:safe", "safe")
-        tr, ho, _ = split_records(safe_pool, (1 - cfg.prompt_heldout_fraction, cfg.prompt_heldout_fraction, 0.0),
-                                  seed=cfg.seed)
+        tr, ho = split_off(safe_pool, cfg.prompt_heldout_fraction, cfg.seed)
         pools["safe"] = {"train": tr, "heldout": ho}
         info["safe"] = {"source": "builtin:safe", "heldout_source": "share of source"}
     if cfg.prompt_max_tokens is not None:
@@ -249,18 +247,18 @@ def _prepare_data(cfg: ExperimentConfig, out: Path) -> None:
         heldout_keys = {normalise_prompt(p.text) for p in parts["heldout"]}
         train = [p for p in parts["train"] if normalise_prompt(p.text) not in heldout_keys]
         leaked = len(parts["train"]) - len(train)
+        validation: list = []
         if cfg.prompt_validation_fraction > 0:
-            train, validation, _ = split_records(train, (1 - cfg.prompt_validation_fraction,
-                                                         cfg.prompt_validation_fraction, 0.0), seed=cfg.seed + 1)
-        else:
-            validation = []
+            train, validation = split_off(train, cfg.prompt_validation_fraction, cfg.seed + 1)
         for part, prompts in (("train", train), ("validation", validation), ("heldout", parts["heldout"])):
-            write_prompts(out / f"{tag}-{part}.jsonl", [p.__class__(p.text, tag, p.source) for p in prompts])
+            write_prompts(out / f"{tag}-{part}.jsonl", [replace(p, tag=tag) for p in prompts])
         info[tag].update({"train": len(train), "validation": len(validation), "heldout": len(parts["heldout"]),
                           "removed_from_train_as_heldout": leaked})
         if not train:
             raise ValueError(f"prompt pool {tag!r}: no training prompts left")
-    (out / "data.json").write_text(json.dumps(info, indent=2))
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(out / "data.json", json.dumps(info, indent=2))
 
 
 def _eval_prompts(cfg: ExperimentConfig, data_dir: Path) -> list:
@@ -281,7 +279,8 @@ def _eval_prompts(cfg: ExperimentConfig, data_dir: Path) -> list:
 
 # ------------------------------------------------------------------------------------------ 2. judges
 def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
-    from molma.data import load_builtin_preferences, split_records
+    from molma.data import load_builtin_preferences
+    from molma.data.mixing import split_off
     from molma.rewards import (
         RewardModel,
         RewardTrainConfig,
@@ -295,8 +294,7 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
     train_sets: dict[str, list] = {}
     for objective in POOLS:
         pairs = load_builtin_preferences(objective)
-        tr, ho, _ = split_records(pairs, (1 - cfg.rm_heldout_fraction, cfg.rm_heldout_fraction, 0.0),
-                                  seed=cfg.seed)
+        tr, ho = split_off(pairs, cfg.rm_heldout_fraction, cfg.seed)
         train_sets[objective] = tr
         heldout_sets[f"builtin-{objective} (held out)"] = ho
     if cfg.hh_data:
@@ -398,6 +396,14 @@ def _train_run(settings: dict, threads: int | None) -> float:
     return time.perf_counter() - t0
 
 
+def _worker_pool(n: int):
+    """``n`` worker processes, started fresh ("spawn": no forked torch thread pools or open models)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+
+
 def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, str, dict]]) -> None:
     """Train every run not finished yet: in this process, or ``workers`` at a time in worker processes."""
     todo = {}
@@ -412,11 +418,10 @@ def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, 
             seconds = _train_run(settings, None)
             stages.mark_done(f"train {name}", folder, key, round(seconds, 1))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     print(f"[{stages.label}] training {len(todo)} runs, {cfg.workers} at a time: {', '.join(todo)}", flush=True)
-    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _worker_pool(cfg.workers) as pool:
         futures = {pool.submit(_train_run, settings, cfg.threads): name for name, (_, _, settings) in todo.items()}
         for future in as_completed(futures):
             name = futures[future]
@@ -463,9 +468,6 @@ def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str,
     """``workers`` processes each evaluate a share of the models (and the reference, for the KL) into
     ``out/part-<i>``; the parts are merged into ``out`` (responses.jsonl, summary.json) and the result of
     all models returned. The reference's responses are the same in every part (same prompts and seed)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from molma.eval.responses import read_json_if_exists, read_responses, write_responses
     from molma.eval.runner import RESPONSES, SUMMARY, compute_result, write_summary
 
@@ -473,7 +475,7 @@ def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str,
     groups = [others[i::cfg.workers] for i in range(cfg.workers)]
     groups = [g for g in groups if g]
     parts = [out / f"part-{i}" for i in range(len(groups))]
-    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _worker_pool(len(groups)) as pool:
         futures = [pool.submit(_evaluate_models, cfg, rm_dir, {m: models[m] for m in [*g, "ref"]}, prompts, part)
                    for g, part in zip(groups, parts)]
         for future in futures:
@@ -530,16 +532,9 @@ def _load_reference(name: str):
 # ------------------------------------------------------------------------------------------ 5. evidence
 def evidence(result, runs: dict[str, RunSpec], reference: str = "ref") -> dict:
     """Every model against the reference and MOLMA against every model, per objective, with the paired
-    statistics of :func:`molma.eval.stats.paired_comparison`; mean rewards and KL per model."""
-    from molma.eval.stats import paired_comparison
-
+    statistics of :meth:`molma.eval.runner.EvalResult.compare`; mean rewards and KL per model."""
     out: dict[str, Any] = {"n_prompts": len(result.prompt_ids), "objectives": result.objectives,
                            "models": {}, "vs_reference": {}, "molma_vs": {}}
-    text = {(r.model, r.prompt_id): r.response for r in result.records}
-
-    def compare(a: str, b: str, objective: str) -> dict:
-        same = [text.get((a, pid)) == text.get((b, pid)) for pid in result.prompt_ids]
-        return paired_comparison(result.scores[a][objective], result.scores[b][objective], identical=same)
 
     for m in result.models:
         out["models"][m] = {"algo": runs[m].algo if m in runs else "reference",
@@ -549,9 +544,9 @@ def evidence(result, runs: dict[str, RunSpec], reference: str = "ref") -> dict:
                             **{f"{o}/mean": float(result.scores[m][o].mean()) for o in result.objectives}}
     for m in result.models:
         if m != reference:
-            out["vs_reference"][m] = {o: compare(m, reference, o) for o in result.objectives}
+            out["vs_reference"][m] = result.compare(m, reference)
         if m != "molma":
-            out["molma_vs"][m] = {o: compare("molma", m, o) for o in result.objectives}
+            out["molma_vs"][m] = result.compare("molma", m)
     return out
 
 

@@ -69,16 +69,14 @@ def split_hh_dialogues(pairs: list[PreferencePair], validation_fraction: float =
     """Split HH pairs by first Human turn into train / validation groups (seeded, deterministic)."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    groups: dict[str, list[int]] = {}
-    for index, pair in enumerate(pairs):
-        groups.setdefault(normalise_prompt(first_human_turn(pair.prompt)), []).append(index)
-    keys = sorted(groups)
+    group_of = [normalise_prompt(first_human_turn(pair.prompt)) for pair in pairs]
+    keys = sorted(set(group_of))
     random.Random(seed).shuffle(keys)
     n_val = allocate(len(keys), {"train": 1.0 - validation_fraction, "validation": validation_fraction})[
         "validation"]
     val_keys = set(keys[:n_val])
-    train = [p for i, p in enumerate(pairs) if normalise_prompt(first_human_turn(p.prompt)) not in val_keys]
-    val = [p for i, p in enumerate(pairs) if normalise_prompt(first_human_turn(p.prompt)) in val_keys]
+    train = [p for p, g in zip(pairs, group_of) if g not in val_keys]
+    val = [p for p, g in zip(pairs, group_of) if g in val_keys]
     return HHSplit(train, val, _dedup_prompts(train, tag), _dedup_prompts(val, tag))
 
 

@@ -132,3 +132,11 @@ def split_records(
             start += counts[name]
     train, valid, test = ([records[i] for i in sorted(part)] for part in assigned)
     return train, valid, test
+
+
+def split_off(records: Sequence[T], fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
+    """``(kept, split_off)``: :func:`split_records` with ``fraction`` of the groups set aside (grouped by
+    prompt, stratified by tag, seeded), for train / held-out and train / validation splits."""
+    kept, held, _ = split_records(records, (1.0 - fraction, fraction, 0.0), seed=seed)
+    return kept, held
+

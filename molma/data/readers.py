@@ -858,6 +858,19 @@ def glob_files(source: Source) -> list[str] | None:
     return files
 
 
+def _is_new(record: T, key: Callable[[T], str] | None, seen: set[str], report: ReadReport) -> bool:
+    """Deduplication by ``key`` (None: keep everything): True the first time a key is seen, else the
+    duplicate is counted in ``report``."""
+    if key is None:
+        return True
+    k = key(record)
+    if k in seen:
+        report.duplicates += 1
+        return False
+    seen.add(k)
+    return True
+
+
 def _read_glob(files: list[str], source: str, read: Callable[..., Records[T]], limit: int | None,
                key: Callable[[T], str] | None = None) -> Records[T]:
     """Every file of a glob read by ``read(file, limit=...)``, combined into one list and one report."""
@@ -877,13 +890,8 @@ def _read_glob(files: list[str], source: str, read: Callable[..., Records[T]], l
         report.errors += part.report.errors
         report.complete = report.complete and part.report.complete
         for record in part:
-            if key is not None:
-                k = key(record)
-                if k in seen:
-                    report.duplicates += 1
-                    continue
-                seen.add(k)
-            out.append(record)
+            if _is_new(record, key, seen, report):
+                out.append(record)
     report.format = "+".join(dict.fromkeys(f for f in formats if f))
     report.records = len(out)
     return out
@@ -957,13 +965,8 @@ def _consume(
             except DataFormatError as exc:
                 err = exc.located(rows.display, line)
             else:
-                if key is not None:
-                    k = key(record)
-                    if k in seen:
-                        report.duplicates += 1
-                        continue
-                    seen.add(k)
-                out.append(record)
+                if _is_new(record, key, seen, report):
+                    out.append(record)
                 continue
         if not skip_invalid:
             raise err

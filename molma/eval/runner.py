@@ -129,6 +129,11 @@ class EvalResult:
 
         return verdict_sentence(self, self.versus or "?", self.objectives, alpha)
 
+    def compare(self, a: str, b: str, tie_tol: float = 0.0) -> dict[str, dict]:
+        """Any two evaluated models, ``a`` against ``b``, with the same statistics as ``win_rates``."""
+        return compare_pair(response_texts(self.records), self.scores, self.prompt_ids, a, b, self.objectives,
+                            tie_tol)
+
     def to_json(self) -> dict:
         return {"models": self.models, "objectives": self.objectives, "n_prompts": len(self.prompt_ids),
                 "versus": self.versus, "win_rates": self.win_rates, "summary": self.summary,
@@ -147,6 +152,20 @@ def choose_versus(models: Sequence[str], versus: str | None) -> str | None:
     return "molma" if "molma" in models else models[0]
 
 
+def response_texts(records: Sequence[ResponseRecord]) -> dict[tuple[str, str], str]:
+    """``(model, prompt_id) -> response`` of saved records (to tell ties of identical text)."""
+    return {(r.model, r.prompt_id): r.response for r in records}
+
+
+def compare_pair(text: Mapping[tuple[str, str], str], scores: Mapping[str, Mapping[str, np.ndarray]],
+                 ids: Sequence[str], a: str, b: str, objectives: Sequence[str], tie_tol: float = 0.0
+                 ) -> dict[str, dict]:
+    """Model ``a`` against model ``b`` per objective: :func:`molma.eval.stats.paired_comparison` with the
+    identical-text flags of each prompt (``text`` from :func:`response_texts`)."""
+    same = [text.get((a, pid)) == text.get((b, pid)) for pid in ids]
+    return {o: paired_comparison(scores[a][o], scores[b][o], tie_tol, identical=same) for o in objectives}
+
+
 def compute_result(records: Sequence[ResponseRecord], versus: str | None = None, tie_tol: float = 0.0,
                    kl: Mapping[str, float] | None = None, out_dir: Path | None = None,
                    models: Sequence[str] | None = None, objectives: Sequence[str] | None = None,
@@ -163,12 +182,10 @@ def compute_result(records: Sequence[ResponseRecord], versus: str | None = None,
     chosen = choose_versus(models, versus)
     rates: dict[str, dict[str, dict]] = {}
     if chosen is not None and ids:
-        text = {(r.model, r.prompt_id): r.response for r in records}
+        text = response_texts(records)
         for other in models:
             if other != chosen:
-                same = [text.get((chosen, pid)) == text.get((other, pid)) for pid in ids]
-                rates[other] = {o: paired_comparison(scores[chosen][o], scores[other][o], tie_tol, identical=same)
-                                for o in objectives}
+                rates[other] = compare_pair(text, scores, ids, chosen, other, objectives, tie_tol)
     summary = summary_table(scores, kl) if ids else []
     return EvalResult(out_dir=out_dir, models=models, objectives=objectives, prompt_ids=ids, scores=scores,
                       versus=chosen, win_rates=rates, summary=summary, records=list(records),

@@ -6,7 +6,7 @@ import random
 from collections.abc import Mapping
 
 from molma.data import Prompt
-from molma.data.mixing import allocate, split_records
+from molma.data.mixing import allocate, split_off
 
 
 def load_pool(source: str, tag: str) -> list[Prompt]:
@@ -28,7 +28,7 @@ def train_heldout_pools(sources: Mapping[str, str], heldout_fraction: float, see
         if not pool:
             raise ValueError(f"prompt pool {tag!r} ({source}) is empty")
         if heldout_fraction > 0:
-            tr, ho, _ = split_records(pool, (1.0 - heldout_fraction, heldout_fraction, 0.0), seed=seed)
+            tr, ho = split_off(pool, heldout_fraction, seed=seed)
         else:
             tr, ho = list(pool), []
         train[tag], heldout[tag] = tr, ho

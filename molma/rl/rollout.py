@@ -122,16 +122,10 @@ def finished_responses(batch: Batch, tokenizer, model) -> Tensor:
     return done
 
 
-def truncated_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> int:
-    """How many rendered prompts are longer than ``max_prompt_tokens`` (the policy sees their end only)."""
-    return sum(len(ids) > max_prompt_tokens for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-
-
-def seen_prompt(tokenizer, prompt: str, rendered: str, max_prompt_tokens: int) -> str:
-    """The part of ``prompt`` the policy saw when its chat-templated form ``rendered`` was left-truncated to
-    ``max_prompt_tokens``: the prompt's last tokens, as many as fit after the template's own tokens (the
-    prompt itself when nothing was cut)."""
-    n_rendered = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+def seen_prompt(tokenizer, prompt: str, n_rendered: int, max_prompt_tokens: int) -> str:
+    """The part of ``prompt`` the policy saw when its chat-templated form (``n_rendered`` tokens) was
+    left-truncated to ``max_prompt_tokens``: the prompt's last tokens, as many as fit after the template's
+    own tokens (the prompt itself when nothing was cut)."""
     if n_rendered <= max_prompt_tokens:
         return prompt
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -64,7 +64,6 @@ from molma.rl.rollout import (
     generate,
     seen_prompt,
     sequence_logprobs,
-    truncated_prompts,
 )
 from molma.rl.shaping import scalarize, shape_objective_rewards, token_rewards
 
@@ -88,6 +87,7 @@ class Experience:
     advantages: Tensor  # [Kr, B, T]
     returns: Tensor  # [Kr, B, T]
     kl: Tensor  # [B, T]
+    rollout_counts: Tensor  # [unfinished responses, left-truncated prompts, rows] over all processes
 
 
 class MultiObjectiveTrainer:
@@ -243,8 +243,9 @@ class MultiObjectiveTrainer:
 
         t1 = time.perf_counter()
         # the judges read what the policy saw: a prompt left-truncated for the policy is truncated for them too
-        shard_prompts = [seen_prompt(self.tokenizer, prompts[i].text, text, cfg.max_prompt_tokens)
-                         for i, text in zip(rows, texts)]
+        n_rendered = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        shard_prompts = [seen_prompt(self.tokenizer, prompts[i].text, n, cfg.max_prompt_tokens)
+                         for i, n in zip(rows, n_rendered)]
         scores = torch.stack([obj.score(shard_prompts, responses).float().cpu() for obj in self.objectives])
         if not torch.isfinite(scores).all():
             bad = (~torch.isfinite(scores)).nonzero()[0].tolist()
@@ -256,10 +257,11 @@ class MultiObjectiveTrainer:
             scores[:, ~finished] -= cfg.unfinished_penalty
         scores = scores.to(self.device)
         times["scoring"] = time.perf_counter() - t1
-        self._rollout_counts = torch.tensor([float((~finished).sum()), float(truncated_prompts(
-            self.tokenizer, texts, cfg.max_prompt_tokens)), float(len(texts))], device=self.device)
+        # [unfinished responses, left-truncated prompts, rows], over every process
+        counts = torch.tensor([float((~finished).sum()), float(sum(n > cfg.max_prompt_tokens for n in n_rendered)),
+                               float(len(texts))], device=self.device)
         if self.world > 1:
-            self._rollout_counts = mdist.all_reduce_sum(self._rollout_counts)
+            counts = mdist.all_reduce_sum(counts)
 
         t2 = time.perf_counter()
         logp_ref, ref_hidden = self._reference_logprobs(batch, hidden=self.critic.frozen)
@@ -283,7 +285,7 @@ class MultiObjectiveTrainer:
             advantages = masked_whiten(advantages, mask)
         times["reference"] = time.perf_counter() - t2
         exp = Experience(prompt_texts, [p.tag for p in prompts], responses, batch, scores, logp_old,
-                         logp_ref, ref_hidden, advantages, returns, kl)
+                         logp_ref, ref_hidden, advantages, returns, kl, counts)
         return exp, times
 
     def _gather_rollout(self, batch: Batch, logp_old: Tensor, logp_ref: Tensor, ref_hidden: Tensor | None,
@@ -433,7 +435,7 @@ class MultiObjectiveTrainer:
                 sel = torch.tensor([t == tag for t in exp.tags], device=exp.scores.device)
                 metrics[f"reward/raw/{name}/{tag}"] = exp.scores[k][sel].mean().item()
         metrics["kl"] = exp.kl.sum(dim=1).mean().item()
-        unfinished, truncated, n_rows = self._rollout_counts.tolist()
+        unfinished, truncated, n_rows = exp.rollout_counts.tolist()
         metrics["responses/unfinished"] = unfinished / max(n_rows, 1.0)  # cut at max_new_tokens
         metrics["prompts/truncated"] = truncated / max(n_rows, 1.0)  # left-truncated to max_prompt_tokens
         metrics["response_tokens"] = n_tokens / len(exp.prompts)
