@@ -74,14 +74,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (1 is much faster when other jobs share the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="mixed precision of generation and reward-model scoring (auto: bf16 where the "
+                        "hardware has it); default fp32")
     p.add_argument("--device", default="auto",
                    help="where models and reward models run: auto (a GPU when there is one), cpu, cuda:1, ...")
     p.set_defaults(func=run_eval)
 
 
-def load_objectives(specs: list[tuple[str, str]], device: str = "cpu") -> dict[str, object]:
+def load_objectives(specs: list[tuple[str, str]], device: str = "cpu", precision: str = "fp32") -> dict[str, object]:
     """``[(name, spec)]`` -> ``{name: Objective}`` via :func:`molma.rewards.load_objective` (reward
-    models on ``device``)."""
+    models on ``device``, scoring in ``precision``)."""
     try:
         from molma.rewards import load_objective
     except ImportError:  # the package may not re-export it
@@ -90,7 +93,7 @@ def load_objectives(specs: list[tuple[str, str]], device: str = "cpu") -> dict[s
     for name, spec in specs:
         if name in out:
             raise ValueError(f"--rm {name}=...: objective {name!r} given twice")
-        out[name] = load_objective(spec, name, device=device)
+        out[name] = load_objective(spec, name, device=device, precision=precision)
     return out
 
 
@@ -144,7 +147,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"molma eval: error: --device {args.device}: {err}", file=sys.stderr)
         return 2
     try:
-        objectives = load_objectives(args.rm, str(device))
+        objectives = load_objectives(args.rm, str(device), args.precision)
         if args.rescore:
             result = rescore(args.rescore, objectives, batch_size=args.batch_size, versus=args.versus,
                              tie_tol=args.tie_tol, progress=not args.no_progress)
@@ -168,7 +171,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                 temperature=args.temperature, top_p=args.top_p,
                                 score_batch_size=args.batch_size, versus=args.versus, tie_tol=args.tie_tol,
                                 kl_reference=args.kl_reference, resume=not args.no_resume,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, precision=args.precision)
             result = evaluate_models(models, prompts, objectives, config, out_dir=args.out,
                                      loader=functools.partial(load_for_eval, device=device))
     except (ValueError, FloatingPointError) as err:  # bad input; a non-finite reward
