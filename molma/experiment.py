@@ -73,6 +73,10 @@ class ExperimentConfig:
     rm_safe: dict[str, Any] = field(default_factory=dict)
     rm_heldout_fraction: float = 0.2  # builtin pairs kept out of RM training, for Table 2
     rm_benchmarks: dict[str, str] = field(default_factory=dict)  # extra "label: data spec" for Table 2
+    # RMsafe settings to choose from: each entry overrides rm_safe ({} is rm_safe itself); the one with the best
+    # accuracy on the trainer's own held-out share of the *training* pairs (eval_fraction) becomes RMsafe, so
+    # the validation dialogues that Table 2 reports are never used for the choice (rm/candidates/selection.json)
+    rm_safe_candidates: list[dict[str, Any]] = field(default_factory=list)
     # --- RL: TrainConfig overrides shared by every run
     train: dict[str, Any] = field(default_factory=dict)
     algos: list[str] = field(default_factory=lambda: ["molma", "so-help", "so-safe", "so-weighted",
@@ -137,9 +141,15 @@ class ExperimentConfig:
             if self.sweep_iterations is not None and algo in self.pareto_algos:
                 settings["iterations"] = self.sweep_iterations
             from_dict(TrainConfig, settings, source=f"train (algo {algo})")
-        for objective, section in (("help", self.rm_help), ("safe", self.rm_safe)):
-            from_dict(RewardTrainConfig, {"objective": objective, "base": self.model, "precision": self.precision,
-                                          **self.rm, **section}, source=f"rm_{objective}")
+        sections = [("rm_help", "help", self.rm_help), ("rm_safe", "safe", self.rm_safe)]
+        sections += [(f"rm_safe_candidates[{i}]", "safe", {**self.rm_safe, **c})
+                     for i, c in enumerate(self.rm_safe_candidates)]
+        for source, objective, section in sections:
+            rm_cfg = from_dict(RewardTrainConfig, {"objective": objective, "base": self.model,
+                                                   "precision": self.precision, **self.rm, **section}, source=source)
+            if source.startswith("rm_safe_candidates") and (rm_cfg.eval_data or not rm_cfg.eval_fraction):
+                raise ValueError(f"{source}: choosing RMsafe needs the trainer's own held-out share "
+                                 "(eval_fraction > 0 and no eval_data)")
 
 
 def _hash(*parts: Any) -> str:
@@ -303,16 +313,38 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
         split = read_hh_split(cfg.hh_data, cfg.hh_validation_fraction, seed=cfg.seed)
         train_sets["safe"] = split.train_pairs[: cfg.hh_max_train_pairs]
         heldout_sets["HH-RLHF harmless (validation dialogues)"] = split.validation_pairs
+    def rm_config(objective: str, section: dict, folder: Path, source: str) -> RewardTrainConfig:
+        return from_dict(RewardTrainConfig, {"objective": objective, "base": cfg.model, "seed": cfg.seed,
+                                             "precision": cfg.precision, "output_dir": str(folder),
+                                             **cfg.rm, **section}, source=f"experiment config: {source}")
+
+    configs = {"help": rm_config("help", cfg.rm_help, out / "rm-help", "rm_help")}
+    candidates = [{**cfg.rm_safe, **c} for c in cfg.rm_safe_candidates]
+    if candidates:
+        for i, section in enumerate(candidates):
+            configs[f"safe-{i}"] = rm_config("safe", section, out / "candidates" / f"rm-safe-{i}",
+                                             f"rm_safe_candidates[{i}]")
+    else:
+        configs["safe"] = rm_config("safe", cfg.rm_safe, out / "rm-safe", "rm_safe")
+    jobs = {name: (c, train_sets[c.objective]) for name, c in configs.items()}
+    if cfg.workers > 1 and len(jobs) > 1:
+        # the RMsafe candidates first (the longest jobs), RMhelp when a worker is free
+        order = sorted(jobs, key=lambda n: n == "help")
+        with _worker_pool(cfg.workers) as pool:
+            futures = {name: pool.submit(_train_rm_job, *jobs[name], cfg.threads) for name in order}
+            for future in futures.values():
+                future.result()
+    else:
+        for c, pairs in jobs.values():
+            train_reward_model(c, pairs=pairs)
+    if candidates:
+        configs["safe"] = _select_rm_safe(cfg, configs, out, heldout_sets)
+
     rows = []
     for objective in POOLS:
-        overrides = {**cfg.rm, **(cfg.rm_help if objective == "help" else cfg.rm_safe)}
-        rm_cfg = from_dict(RewardTrainConfig, {"objective": objective, "base": cfg.model, "seed": cfg.seed,
-                                               "precision": cfg.precision,
-                                               "output_dir": str(out / f"rm-{objective}"), **overrides},
-                           source=f"experiment config: rm_{objective}")
-        path = train_reward_model(rm_cfg, pairs=train_sets[objective])
+        rm_cfg = configs[objective]
         # scored as trained: same context length; forwards in the run's precision, the score head in float32
-        judge = RewardModel.from_pretrained(path, name=objective, max_length=rm_cfg.max_length,
+        judge = RewardModel.from_pretrained(rm_cfg.output_path, name=objective, max_length=rm_cfg.max_length,
                                             precision=cfg.precision)
         for label, data in heldout_sets.items():
             row = evaluate_reward_model(judge, data)
@@ -326,6 +358,58 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
             rows.append({**row, "model": f"RM{objective}", "data": label})
     write_results(rows, out)
     print(format_table(rows), flush=True)
+
+
+def _train_rm_job(rm_cfg, pairs: list, threads: int | None) -> str:
+    """One reward model (also the body of a worker process); returns its folder."""
+    from molma.rewards import train_reward_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    return str(train_reward_model(rm_cfg, pairs=pairs))
+
+
+def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_sets: dict) -> Any:
+    """Choose RMsafe among the trained candidates by the accuracy on each trainer's own held-out share of the
+    training pairs (``molma_rm.json``; ties: the earlier candidate), move it to ``rm-safe`` and write
+    ``selection.json`` with every candidate's settings and accuracies. The validation dialogues' accuracy is
+    recorded for every candidate after the choice, for the record; it plays no part in it."""
+    import shutil
+
+    from molma.rewards import RewardModel, evaluate_reward_model
+
+    names = [n for n in configs if n.startswith("safe-")]
+    summary = []
+    for i, name in enumerate(names):
+        c = configs[name]
+        meta = json.loads((c.output_path / "molma_rm.json").read_text())
+        entry = {"candidate": i, "settings": cfg.rm_safe_candidates[i], "selection_accuracy": meta["accuracy"],
+                 "selection_pairs": meta["counts"]["eval_pairs"], "train_seconds": meta.get("train_seconds")}
+        summary.append(entry)
+    best = max(range(len(names)), key=lambda i: (summary[i]["selection_accuracy"], -i))
+    for entry in summary:
+        entry["selected"] = entry["candidate"] == best
+    chosen = configs[names[best]]
+    for entry, name in zip(summary, names):  # for the record only, after the choice
+        judge = RewardModel.from_pretrained(configs[name].output_path, name="safe", max_length=configs[name].max_length,
+                                            precision=cfg.precision)
+        entry["heldout_accuracy"] = {label: evaluate_reward_model(judge, data)["accuracy"]
+                                     for label, data in heldout_sets.items()}
+    final = out / "rm-safe"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.move(str(chosen.output_path), str(final))
+    from molma.atomic import write_text_atomic
+
+    (out / "candidates").mkdir(exist_ok=True)
+    write_text_atomic(out / "candidates" / "selection.json", json.dumps({
+        "rule": "RMsafe = the candidate with the highest accuracy on the held-out share (eval_fraction) of its "
+                "own training pairs; ties: the earlier candidate. heldout_accuracy was computed after the choice.",
+        "selected": best, "candidates": summary}, indent=2))
+    print(f"RMsafe: candidate {best} chosen ({summary[best]['settings']}); selection accuracies "
+          + ", ".join(f"{e['selection_accuracy']:.3f} on {e['selection_pairs']}" for e in summary), flush=True)
+    return replace(chosen, output_dir=str(final))
 
 
 # ------------------------------------------------------------------------------------------ 3. RL runs
@@ -404,6 +488,23 @@ def _worker_pool(n: int):
     return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
 
 
+def _claim_run_folder(folder: Path, key: str) -> None:
+    """Record the run's stage key in its folder before training; a folder left by other settings (a changed
+    config, or a run from before keys were recorded) is cleared first, so a run never resumes from
+    checkpoints that were written with different settings."""
+    stamp = folder / ".stage-key"
+    if folder.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+        import shutil
+
+        log.warning("%s was written with other settings: cleared before training", folder)
+        print(f"{folder}: written with other settings, cleared", flush=True)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(stamp, key + "\n")
+
+
 def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, str, dict]]) -> None:
     """Train every run not finished yet: in this process, or ``workers`` at a time in worker processes."""
     todo = {}
@@ -412,6 +513,8 @@ def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, 
             stages.reuse(f"train {name}", folder)
         else:
             todo[name] = (folder, key, settings)
+    for folder, key, _ in todo.values():
+        _claim_run_folder(folder, key)
     if cfg.workers == 1 or len(todo) <= 1:
         for name, (folder, key, settings) in todo.items():
             print(f"[{stages.label}] train {name}: running ...", flush=True)
@@ -627,7 +730,8 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     # 2. reward models
     rm_dir = root / "rm"
     rm_key = _hash("rm", split_key, cfg.model, cfg.seed, cfg.precision, cfg.rm, cfg.rm_help, cfg.rm_safe,
-                   cfg.rm_heldout_fraction, cfg.rm_benchmarks, cfg.hh_max_train_pairs)
+                   cfg.rm_heldout_fraction, cfg.rm_benchmarks, cfg.hh_max_train_pairs,
+                   *([cfg.rm_safe_candidates] if cfg.rm_safe_candidates else []))
     stages.run("reward models", rm_dir, rm_key, lambda: _train_rms(cfg, rm_dir))
 
     # 3. RL runs

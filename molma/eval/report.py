@@ -313,7 +313,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         source = source if reference is not None else auto_source
         doc.text("Hypervolume reference point: (" + ", ".join(f"{o}={v:.4g}" for o, v in
                                                              zip(objectives, ref_point)) + f"): {source}.")
-        doc.table(_pareto_table(fronts))
+        hv_cis = _hypervolume_cis(fronts, result, ref_model) if reference is not None and hv_reference is None \
+            else {}
+        doc.table(_pareto_table(fronts, hv_cis))
         doc.figure(plots.plot_pareto(fronts, figs / "pareto", ref_point),
                    "Pareto fronts: non-dominated points filled and joined, dominated points hollow; "
                    "hypervolume in the legend.")
@@ -449,14 +451,36 @@ def _kl_table(result) -> Table:
                                                     "tokens", "estimator"], rows, notes)
 
 
-def _pareto_table(fronts) -> Table:
+def _hypervolume_cis(fronts, result, ref_model) -> dict[str, tuple[float, float]]:
+    """Bootstrap 95 % interval of each front's hypervolume (prompts resampled, the reference model's mean
+    rewards recomputed on each draw), for the fronts whose every point was evaluated in ``result``."""
+    from molma.eval.stats import hypervolume_bootstrap_ci
+
+    if result is None or ref_model is None:
+        return {}
+    cis = {}
+    for f in fronts:
+        if not all(lab in result.scores for lab in f.labels) or len(f.labels) == 0:
+            continue
+        def matrix(model: str, objectives=f.objectives):
+            return np.column_stack([np.asarray(result.scores[model][o], dtype=float) for o in objectives])
+        cis[f.method] = hypervolume_bootstrap_ci([matrix(lab) for lab in f.labels], matrix(ref_model))
+    return cis
+
+
+def _pareto_table(fronts, hv_cis: dict[str, tuple[float, float]] | None = None) -> Table:
+    hv_cis = hv_cis or {}
     rows = []
     for f in fronts:
         dominated = [lab for lab, keep in zip(f.labels, f.mask) if not keep]
+        ci = hv_cis.get(f.method)
         rows.append([f.method, str(len(f.points)), str(int(f.mask.sum())), f"{f.hypervolume:.4g}",
-                     ", ".join(dominated) or "none"])
+                     f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-", ", ".join(dominated) or "none"])
+    notes = [f"Objectives: {', '.join(fronts[0].objectives)}; hypervolume of the region dominated "
+             "by the points and bounded below by the reference point (larger is better)."] if fronts else []
+    if hv_cis:
+        notes.append("95 % CI: percentile bootstrap over the test prompts (1,000 resamples); each draw recomputes "
+                     "every point's and the reference model's mean rewards on the same prompts. The interval "
+                     "starts at 0 when on some draws no point beats the reference in every objective.")
     return Table("Pareto fronts and hypervolume", ["method", "points", "non-dominated", "hypervolume",
-                                                   "dominated points"], rows,
-                 [f"Objectives: {', '.join(fronts[0].objectives)}; hypervolume of the region dominated "
-                  "by the points and bounded below by the reference point (larger is better)."]
-                 if fronts else [])
+                                                   "95 % CI", "dominated points"], rows, notes)

@@ -214,6 +214,42 @@ def bootstrap_ci(values: ArrayLike, n_resamples: int = 1000, level: float = 0.95
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def hypervolume_bootstrap_ci(point_scores: Sequence[ArrayLike], reference_scores: ArrayLike,
+                             n_resamples: int = 1000, level: float = 0.95,
+                             seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of a front's :func:`hypervolume`, resampling prompts.
+
+    ``point_scores[i]`` is the ``[n_prompts, d]`` matrix of per-prompt rewards of the front's i-th point
+    (one model), ``reference_scores`` that of the reference model on the same prompts, whose mean rewards
+    are the reference point. Each resample draws prompts with replacement and recomputes every mean (the
+    points' and the reference point's) on the same draw, so the interval reflects which prompts were asked,
+    paired across models as in :func:`paired_bootstrap_ci`.
+    """
+    ref = np.asarray(reference_scores, dtype=float)
+    pts = [np.asarray(s, dtype=float) for s in point_scores]
+    if ref.ndim != 2 or ref.shape[0] == 0:
+        raise ValueError(f"hypervolume_bootstrap_ci: reference_scores must be [n_prompts, d], got {ref.shape}")
+    for i, s in enumerate(pts):
+        if s.shape != ref.shape:
+            raise ValueError(f"hypervolume_bootstrap_ci: point {i} has scores of shape {s.shape}, the reference "
+                             f"{ref.shape} (the same prompts and objectives are needed)")
+    if not all(np.isfinite(s).all() for s in [ref, *pts]):
+        raise ValueError("hypervolume_bootstrap_ci: non-finite reward")
+    if not 0 < level < 1:
+        raise ValueError(f"hypervolume_bootstrap_ci: level must be in (0, 1), got {level}")
+    if n_resamples < 1:
+        raise ValueError(f"hypervolume_bootstrap_ci: n_resamples must be >= 1, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    n = ref.shape[0]
+    volumes = np.empty(n_resamples)
+    for b in range(n_resamples):
+        idx = rng.integers(0, n, size=n)
+        front = np.array([s[idx].mean(axis=0) for s in pts]).reshape(-1, ref.shape[1])
+        volumes[b] = hypervolume(front, ref[idx].mean(axis=0))
+    alpha = (1 - level) / 2
+    return float(np.quantile(volumes, alpha)), float(np.quantile(volumes, 1 - alpha))
+
+
 def summary_table(scores: Mapping[str, Mapping[str, ArrayLike]],
                   kl: Mapping[str, float] | None = None) -> list[dict]:
     """One row per model: mean and median reward per objective, and KL to the reference if known.

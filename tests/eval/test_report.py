@@ -111,7 +111,7 @@ def test_report_numbers_match_the_saved_evaluation(full_report):
     # hypervolume of the P-GAPO front from the reference model's mean rewards
     ref = [float(np.mean(result.scores["ref"]["help"])), float(np.mean(result.scores["ref"]["safe"]))]
     hv = hypervolume([(0.3, 0.9), (0.6, 0.6), (0.9, 0.2), (0.5, 0.5)], ref)
-    assert f"<td>P-GAPO</td><td>4</td><td>3</td><td>{hv:.4g}</td><td>0.6</td>" in page
+    assert f"<td>P-GAPO</td><td>4</td><td>3</td><td>{hv:.4g}</td><td>-</td><td>0.6</td>" in page
     assert "mean rewards of the reference model &#x27;ref&#x27;" in page
     # Table 2: the RM-help average over its two benchmarks, '-' where not evaluated
     assert "<td>RM-help</td><td>60.8</td><td>73.4</td><td>-</td><td>67.1</td>" in page
@@ -183,3 +183,29 @@ def test_molma_report_cli(tmp_path, capsys):
     assert "<title>Demo &lt;report&gt;</title>" in page
     assert "help=0, safe=0): given reference point" in page
     assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_pareto_table_gives_a_bootstrap_interval_for_fronts_whose_points_were_evaluated():
+    from types import SimpleNamespace
+
+    from molma.eval.report import _hypervolume_cis, _pareto_table
+    from molma.eval.sweep import analyse_fronts
+
+    rng = np.random.default_rng(0)
+    n = 50
+    scores = {"ref": {"help": rng.normal(0, 1, n), "safe": rng.normal(0, 1, n)},
+              "p-0.2": {"help": rng.normal(0.2, 1, n), "safe": rng.normal(1.0, 1, n)},
+              "p-0.8": {"help": rng.normal(1.0, 1, n), "safe": rng.normal(0.2, 1, n)}}
+    result = SimpleNamespace(scores=scores)
+    sweep = {"method": "P", "objectives": ["help", "safe"],
+             "points": [{"label": lab, "means": {o: float(np.mean(scores[lab][o])) for o in ("help", "safe")}}
+                        for lab in ("p-0.2", "p-0.8")]}
+    unevaluated = {**sweep, "method": "Q", "points": [{**sweep["points"][0], "label": "not-in-eval"}]}
+    reference = {o: float(np.mean(scores["ref"][o])) for o in ("help", "safe")}
+    fronts, _, _ = analyse_fronts([sweep, unevaluated], reference)
+    cis = _hypervolume_cis(fronts, result, "ref")
+    assert set(cis) == {"P"}
+    low, high = cis["P"]
+    assert low <= fronts[0].hypervolume <= high and low < high
+    table = _pareto_table(fronts, cis)
+    assert "95 % CI" in table.columns and table.rows[1][4] == "-"

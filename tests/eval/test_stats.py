@@ -298,3 +298,31 @@ def test_paired_comparison_counts_identical_text_ties():
     assert paired_comparison(a, b, tol=1.0, identical=same)["n_identical_ties"] == 3
     with pytest.raises(ValueError, match="identical-text flags"):
         paired_comparison(a, b, identical=[True])
+
+
+def test_hypervolume_bootstrap_ci_collapses_on_constant_rewards_and_covers_the_estimate():
+    from molma.eval.stats import hypervolume_bootstrap_ci
+
+    n = 30
+    ref = np.zeros((n, 2))
+    # constant rewards: every resample gives the same front, (2 x 3) + (4 x 1) - overlap (2 x 1) = 8
+    pts = [np.tile([2.0, 3.0], (n, 1)), np.tile([4.0, 1.0], (n, 1))]
+    assert hypervolume_bootstrap_ci(pts, ref) == pytest.approx((8.0, 8.0))
+    # noisy rewards: the interval contains the full-sample hypervolume and is not degenerate
+    rng = np.random.default_rng(1)
+    noisy = [p + rng.normal(0, 0.5, p.shape) for p in pts]
+    ref_noisy = rng.normal(0, 0.5, ref.shape)
+    low, high = hypervolume_bootstrap_ci(noisy, ref_noisy, n_resamples=500)
+    estimate = hypervolume(np.array([p.mean(axis=0) for p in noisy]), ref_noisy.mean(axis=0))
+    assert low < estimate < high
+
+
+def test_hypervolume_bootstrap_ci_is_zero_when_no_point_beats_the_reference_and_checks_shapes():
+    from molma.eval.stats import hypervolume_bootstrap_ci
+
+    ref = np.ones((10, 2))
+    assert hypervolume_bootstrap_ci([np.zeros((10, 2))], ref) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same prompts"):
+        hypervolume_bootstrap_ci([np.zeros((9, 2))], ref)
+    with pytest.raises(ValueError, match="non-finite"):
+        hypervolume_bootstrap_ci([np.full((10, 2), np.nan)], ref)

@@ -33,6 +33,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
         "hh_data": str(root / "hh.jsonl.gz"), "hh_validation_fraction": 0.3,
         "help_prompts": "builtin:help", "prompt_validation_fraction": 0.1,
         "rm": tiny_rm, "rm_safe": {"skip_invalid": True},
+        "rm_safe_candidates": [{}, {"learning_rate": 3e-3}],
         "train": {"iterations": 1, "experience_size": 4, "minibatch_size": 4, "max_new_tokens": 4, "lr": 1e-3,
                   "critic_backbone": "frozen", "lora": {"r": 2, "alpha": 4}, "save_every": 0,
                   "tensorboard": False},
@@ -79,6 +80,12 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     assert all(v["kl"] is None or v["kl"] >= 0 for v in evidence["models"].values())
     rm_rows = json.loads((out / "rm" / "results.json").read_text())
     assert {r["data"] for r in rm_rows} >= {"HH-RLHF harmless (validation dialogues)"}
+    # RMsafe was chosen among the candidates on their own training share, and moved to rm/rm-safe
+    selection = json.loads((out / "rm" / "candidates" / "selection.json").read_text())
+    accuracies = [c["selection_accuracy"] for c in selection["candidates"]]
+    assert [c["selected"] for c in selection["candidates"]].count(True) == 1
+    assert accuracies[selection["selected"]] == max(accuracies)
+    assert (out / "rm" / "rm-safe" / "molma_rm.json").exists()
     assert (out / "sweep" / "so-weighted.json").exists()
     assert (out / "report" / "report.md").exists()
     # the last lines are the one-sentence verdict about MOLMA
@@ -88,3 +95,18 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     run_experiment(str(config))
     printed = capsys.readouterr().out
     assert "running" not in printed and printed.count("reused") >= 7
+
+
+def test_a_run_folder_left_by_other_settings_is_cleared_before_training(tmp_path):
+    from molma.experiment import _claim_run_folder
+
+    folder = tmp_path / "runs" / "molma"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "step").write_text("old")  # no key recorded: written before keys were
+    _claim_run_folder(folder, "key-a")
+    assert not (folder / "checkpoints").exists() and (folder / ".stage-key").read_text().strip() == "key-a"
+    (folder / "checkpoints").mkdir()
+    _claim_run_folder(folder, "key-a")  # same settings: a killed run keeps its checkpoints and resumes
+    assert (folder / "checkpoints").exists()
+    _claim_run_folder(folder, "key-b")  # changed settings: cleared
+    assert not (folder / "checkpoints").exists() and (folder / ".stage-key").read_text().strip() == "key-b"
