@@ -51,7 +51,7 @@ def main() -> None:
                   "iterations": args.iterations, "experience_size": args.experience,
                   "minibatch_size": args.minibatch, "max_new_tokens": args.max_new_tokens, "lr": 1e-3,
                   "whiten_advantages": True, "lora": {"r": 8, "alpha": 16}, "critic_backbone": "frozen",
-                  "save_every": 0, "tensorboard": False, "progress": False}
+                  "save_every": 0, "report_to": "none", "progress": False}
         Path(tmp, "config.yaml").write_text(yaml.safe_dump(config))
         for name, (processes, overrides) in LAYOUTS.items():
             out = Path(tmp, name)

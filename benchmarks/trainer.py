@@ -5,7 +5,9 @@
 2. rollout: molma's generation path (bf16, float32 LM head, seeded Gumbel sampling) in tokens/s against
    plain float32 HF ``generate`` on the same prompts (target >= 2.5x);
 3. cost of K objectives: MOLMA ``fast`` and ``exact`` against SO-weighted on the same batch for K = 2, 4, 8
-   rule objectives (targets: fast <= 1.10x at every K, exact <= 2.5x at K = 8).
+   rule objectives (targets: fast <= 1.10x at every K, exact <= 2.5x at K = 8);
+4. agreement: a short learning MOLMA run (lr 1e-3) in fp32 and bf16 from the same seed, reward curves compared
+   with the gap between two fp32 seeds (the noise).
 
 Objectives are rule-based (`length` with several caps, `banned_words`) so the timing is of the trainer, not
 of reward models. The learning rate is ~0 (1e-12): every variant samples the same responses (sampling is
@@ -44,7 +46,7 @@ def run_variant(name: str, settings: dict, args, tmp: str, r: int) -> tuple[list
     cfg = TrainConfig(**settings, iterations=args.iterations, experience_size=args.experience,
                       minibatch_size=args.experience, max_new_tokens=args.max_new_tokens, lr=1e-12,
                       lora=LoraSettings(r=8, alpha=16), critic_backbone="frozen", save_every=0,
-                      tensorboard=False, progress=False, out=f"{tmp}/{name}-{r}")
+                      report_to="none", progress=False, out=f"{tmp}/{name}-{r}")
     t0 = time.perf_counter()
     MultiObjectiveTrainer(cfg).train()
     wall = round(time.perf_counter() - t0, 1)
@@ -108,6 +110,32 @@ def generation_speed(args) -> dict:
             "batch": args.experience, "max_new_tokens": args.max_new_tokens}
 
 
+def precision_agreement(args, tmp: str) -> dict:
+    """A short MOLMA run that learns (lr 1e-3, two rule objectives) in fp32 and in bf16 from the same seed:
+    per-iteration mean rewards of both, and their difference against the run-to-run noise of one precision
+    (the same fp32 run with another seed)."""
+    curves = {}
+    for name, precision, seed in (("fp32", "fp32", 0), ("bf16", "bf16", 0), ("fp32-seed1", "fp32", 1)):
+        cfg = TrainConfig(algo="molma", objectives=objectives(2), precision=precision, seed=seed,
+                          iterations=args.agreement_iterations, experience_size=args.experience,
+                          minibatch_size=args.experience, max_new_tokens=args.max_new_tokens, lr=1e-3,
+                          lora=LoraSettings(r=8, alpha=16), critic_backbone="frozen", save_every=0,
+                          report_to="none", progress=False, out=f"{tmp}/agree-{name}")
+        MultiObjectiveTrainer(cfg).train()
+        rows = [json.loads(x) for x in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
+        curves[name] = {o: [round(r[f"reward/raw/{o}"], 4) for r in rows] for o in ("help", "safe")}
+        print("agreement", name, json.dumps(curves[name]), flush=True)
+
+    def mean_abs_gap(a: str, b: str, o: str) -> float:
+        return round(statistics.mean(abs(x - y) for x, y in zip(curves[a][o], curves[b][o])), 4)
+
+    gaps = {o: {"bf16_vs_fp32": mean_abs_gap("bf16", "fp32", o),
+                "fp32_seed1_vs_fp32 (noise)": mean_abs_gap("fp32-seed1", "fp32", o)} for o in ("help", "safe")}
+    return {"curves": curves, "mean_abs_gap_per_iteration": gaps,
+            "within_noise": all(g["bf16_vs_fp32"] <= g["fp32_seed1_vs_fp32 (noise)"] for g in gaps.values()),
+            "objectives": "rule:length (help), rule:banned_words (safe)", "lr": 1e-3}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3)
@@ -116,7 +144,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ks", default="2,4,8", help="numbers of objectives for the K-cost part")
-    parser.add_argument("--parts", default="precision,generation,objectives")
+    parser.add_argument("--parts", default="precision,generation,objectives,agreement")
+    parser.add_argument("--agreement-iterations", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results/trainer.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -154,10 +183,12 @@ def main() -> None:
             out["objectives"] = {"per_k": per_k, "targets": "fast <= 1.10 at every K; exact <= 2.5 at K = 8",
                                  "met_fast": all(v["ratio_fast_to_so"] <= 1.10 for v in per_k.values()),
                                  "met_exact_k8": per_k.get(8, {}).get("ratio_exact_to_so", 99) <= 2.5}
+        if "agreement" in parts:
+            out["agreement"] = precision_agreement(args, tmp)
     out["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: v for k, v in out.items() if k in ("precision", "generation", "objectives")},
+    print(json.dumps({k: v for k, v in out.items() if k in ("precision", "generation", "objectives", "agreement")},
                      default=str)[:3000])
 
 

@@ -182,14 +182,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "config",
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain-dict form (tuples as lists), suitable for YAML/JSON and content hashing."""
 
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
+    return _plain(dataclasses.asdict(config))
 
-    return plain(dataclasses.asdict(config))
+
+def _plain(v: Any) -> Any:
+    """Tuples as lists, recursively (for YAML and JSON)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 class _Dotted(dict):
@@ -387,3 +389,136 @@ def numeric_fields(cls: type) -> list[str]:
     i.e. those that need a :class:`Range`."""
     hints = get_type_hints(cls)
     return [f.name for f in dataclasses.fields(cls) if f.init and _is_numeric_type(hints[f.name])]
+
+
+# ------------------------------------------------------------------------------------- key documentation
+# Each config field is documented where it is declared: a ``field(metadata={"help": ...})`` (TRL style),
+# else the attribute docstring under it, else the comment at the end of its line, else the comment lines
+# right above it (up to a section heading ``# --- name``). :func:`field_help` reads these from the class's
+# source, so the dataclasses stay plain (no metadata boilerplate on ~150 fields) and their documentation
+# cannot drift from what --help and ``molma config`` print.
+
+
+def _comment_of(line: str) -> str | None:
+    """The text of the comment that ends ``line`` (``#`` inside strings ignored), or None."""
+    import io
+    import tokenize
+
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(line).readline):
+            if tok.type == tokenize.COMMENT:
+                return tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return None
+    return None
+
+
+def _source_help(cls: type) -> dict[str, str]:
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    out: dict[str, str] = {}
+    for i, node in enumerate(body):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        name = node.target.id
+        after = body[i + 1] if i + 1 < len(body) else None
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and \
+                isinstance(after.value.value, str):
+            out[name] = " ".join(after.value.value.split())
+            continue
+        trailing = _comment_of(lines[node.end_lineno - 1])
+        above: list[str] = []
+        j = node.lineno - 2
+        while j >= 0 and lines[j].strip().startswith("#"):
+            text = lines[j].strip().lstrip("#").strip()
+            if text.startswith("---"):  # a section heading ("# --- losses"), not this field's help
+                break
+            above.insert(0, text)
+            j -= 1
+        text = trailing or " ".join(above)
+        if text:
+            out[name] = text
+    return out
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """``{field: help}`` of dataclass ``cls`` (and the classes it inherits from; see the comment above)."""
+    out: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        out.update(_source_help(klass))
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):
+            out[f.name] = str(f.metadata["help"])
+    return out
+
+
+def _nested_dataclass(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    if get_origin(tp) in (Union, types.UnionType):
+        found = [a for a in get_args(tp) if dataclasses.is_dataclass(a) and isinstance(a, type)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        return "required"
+    value = _field_default(f)
+    if dataclasses.is_dataclass(value):
+        return type(value).__name__ + "()"
+    return yaml.safe_dump(_plain(value), default_flow_style=True, width=10**6).strip().removesuffix(
+        "\n...").removesuffix(" ...")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDoc:
+    """One config key: dotted ``key``, ``type`` and ``default`` as text, ``help`` ('' when undocumented)."""
+
+    key: str
+    type: str
+    default: str
+    help: str
+
+
+def config_keys(cls: type, prefix: str = "") -> list[KeyDoc]:
+    """Every key of config dataclass ``cls`` in declaration order; the fields of a nested config dataclass
+    (``lora``) follow it as dotted keys (``lora.r``)."""
+    hints = get_type_hints(cls)
+    helps = field_help(cls)
+    out: list[KeyDoc] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        type_text = re.sub(r"\b(typing|builtins|molma\.[\w.]+)\.", "", _type_name(tp) if isinstance(tp, type)
+                           else str(tp))
+        out.append(KeyDoc(prefix + f.name, type_text, _default_text(f), helps.get(f.name, "")))
+        nested = _nested_dataclass(tp)
+        if nested is not None:
+            out.extend(config_keys(nested, prefix=f"{prefix}{f.name}."))
+    return out
+
+
+def format_config_keys(cls: type, width: int = 100, defaults: bool = True) -> str:
+    """The keys of ``cls`` as text for ``--help`` epilogs and ``molma config``: one entry per key
+    (``key (type, default X): help``), help wrapped and indented."""
+    import textwrap
+
+    lines = []
+    for doc in config_keys(cls):
+        head = f"  {doc.key}" + (f" = {doc.default}" if defaults else "")
+        if doc.help:
+            lines.append(textwrap.fill(f"{head}: {doc.help}", width=width, subsequent_indent="      ",
+                                       break_on_hyphens=False))
+        else:
+            lines.append(head)
+    return "\n".join(lines)

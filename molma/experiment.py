@@ -41,6 +41,8 @@ from molma.config import check_range, from_dict, load_config, to_dict
 log = logging.getLogger(__name__)
 
 POOLS = ("help", "safe")
+# TrainConfig keys that change what a run logs, not what it learns: left out of the run's stage key
+LOGGING_KEYS = frozenset({"progress", "tensorboard", "report_to"})
 
 
 @dataclass
@@ -79,6 +81,8 @@ class ExperimentConfig:
     rm_safe_candidates: list[dict[str, Any]] = field(default_factory=list)
     # --- RL: TrainConfig overrides shared by every run
     train: dict[str, Any] = field(default_factory=dict)
+    # per-algorithm TrainConfig overrides on top of train, e.g. {gapo: {lr: 1.0e-3}} (sweep runs included)
+    algo_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     algos: list[str] = field(default_factory=lambda: ["molma", "so-help", "so-safe", "so-weighted",
                                                       "so-piecewise", "gapo"])
     extra_seeds: dict[str, list[int]] = field(default_factory=dict)  # e.g. {molma: [1], so-weighted: [1]}
@@ -116,6 +120,10 @@ class ExperimentConfig:
             check_range("sweep/pareto weight", w, low=0.0, high=1.0, low_open=True, high_open=True)
         if "molma" not in self.algos:
             raise ValueError("algos must include 'molma' (the win rates are MOLMA's against the others)")
+        unknown = set(self.algo_train) - {*self.algos, *self.pareto_algos}
+        if unknown:
+            raise ValueError(f"algo_train names {sorted(unknown)}, which are not in algos {self.algos} or "
+                             f"pareto_algos {self.pareto_algos}")
         unknown = set(self.extra_seeds) - set(self.algos)
         if unknown:
             raise ValueError(f"extra_seeds names {sorted(unknown)}, which are not in algos {self.algos}")
@@ -137,6 +145,7 @@ class ExperimentConfig:
 
         for algo in dict.fromkeys([*self.algos, *self.pareto_algos]):
             settings = {"model": self.model, "seed": self.seed, "precision": self.precision, **self.train,
+                        **self.algo_train.get(algo, {}),
                         "algo": algo, "objectives": {"help": "rm-help", "safe": "rm-safe"}}
             if self.sweep_iterations is not None and algo in self.pareto_algos:
                 settings["iterations"] = self.sweep_iterations
@@ -166,6 +175,24 @@ def _file_key(spec: str | None) -> Any:
         stat = path.stat()
         return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
     return spec
+
+
+def claim_folder(folder: Path, key: str) -> None:
+    """Record a stage's key in its folder before the stage runs; a folder left by other settings (a changed
+    config, or one from before keys were recorded) is cleared first, so a stage never resumes from files
+    written with different settings (a run's checkpoints, an evaluation's saved responses); a stage killed
+    under the same key keeps its files and resumes."""
+    stamp = folder / ".stage-key"
+    if folder.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+        import shutil
+
+        log.warning("%s was written with other settings: cleared", folder)
+        print(f"{folder}: written with other settings, cleared", flush=True)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(stamp, key + "\n")
 
 
 class Stages:
@@ -204,6 +231,7 @@ class Stages:
             self.reuse(name, folder)
             return
         print(f"[{self.label}] {name}: running ...", flush=True)
+        claim_folder(folder, key)  # never resume from files that other settings wrote (e.g. stale responses)
         t0 = time.perf_counter()
         fn()
         self.mark_done(name, folder, key, round(time.perf_counter() - t0, 1))
@@ -448,7 +476,7 @@ def plan_runs(cfg: ExperimentConfig) -> tuple[dict[str, RunSpec], dict[str, list
 
 def _train_settings(cfg: ExperimentConfig, rm_dir: Path, data_dir: Path, spec: RunSpec, out: Path) -> dict:
     settings = {"model": cfg.model, "seed": cfg.seed, "precision": cfg.precision, **cfg.train,
-                "algo": spec.algo, "out": str(out),
+                **cfg.algo_train.get(spec.algo, {}), "algo": spec.algo, "out": str(out),
                 "objectives": {"help": str(rm_dir / "rm-help"), "safe": str(rm_dir / "rm-safe")},
                 "prompts": {tag: str(data_dir / f"{tag}-train.jsonl") for tag in POOLS},
                 "heldout_fraction": 0.0, "progress": cfg.workers == 1}
@@ -488,23 +516,6 @@ def _worker_pool(n: int):
     return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _claim_run_folder(folder: Path, key: str) -> None:
-    """Record the run's stage key in its folder before training; a folder left by other settings (a changed
-    config, or a run from before keys were recorded) is cleared first, so a run never resumes from
-    checkpoints that were written with different settings."""
-    stamp = folder / ".stage-key"
-    if folder.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
-        import shutil
-
-        log.warning("%s was written with other settings: cleared before training", folder)
-        print(f"{folder}: written with other settings, cleared", flush=True)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from molma.atomic import write_text_atomic
-
-    write_text_atomic(stamp, key + "\n")
-
-
 def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, str, dict]]) -> None:
     """Train every run not finished yet: in this process, or ``workers`` at a time in worker processes."""
     todo = {}
@@ -514,7 +525,7 @@ def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, 
         else:
             todo[name] = (folder, key, settings)
     for folder, key, _ in todo.values():
-        _claim_run_folder(folder, key)
+        claim_folder(folder, key)
     if cfg.workers == 1 or len(todo) <= 1:
         for name, (folder, key, settings) in todo.items():
             print(f"[{stages.label}] train {name}: running ...", flush=True)
@@ -633,15 +644,16 @@ def _load_reference(name: str):
 
 
 # ------------------------------------------------------------------------------------------ 5. evidence
-def evidence(result, runs: dict[str, RunSpec], reference: str = "ref") -> dict:
+def evidence(result, runs: dict[str, RunSpec], reference: str = "ref", main_seed: int | None = None) -> dict:
     """Every model against the reference and MOLMA against every model, per objective, with the paired
-    statistics of :meth:`molma.eval.runner.EvalResult.compare`; mean rewards and KL per model."""
+    statistics of :meth:`molma.eval.runner.EvalResult.compare`; mean rewards and KL per model (a run without
+    a seed of its own has the experiment's ``main_seed``)."""
     out: dict[str, Any] = {"n_prompts": len(result.prompt_ids), "objectives": result.objectives,
                            "models": {}, "vs_reference": {}, "molma_vs": {}}
 
     for m in result.models:
         out["models"][m] = {"algo": runs[m].algo if m in runs else "reference",
-                            "seed": (runs[m].seed if m in runs else None),
+                            "seed": (main_seed if runs[m].seed is None else runs[m].seed) if m in runs else None,
                             "importance": runs[m].importance if m in runs else None,
                             "kl": result.kl.get(m),
                             **{f"{o}/mean": float(result.scores[m][o].mean()) for o in result.objectives}}
@@ -740,8 +752,8 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     for name, spec in runs.items():
         folder = root / "runs" / name
         settings = _train_settings(cfg, rm_dir, data_dir, spec, folder)
-        jobs[name] = (folder, _hash("run", rm_key, data_key, {k: v for k, v in settings.items() if k != "progress"}),
-                      settings)
+        learning = {k: v for k, v in settings.items() if k not in LOGGING_KEYS}
+        jobs[name] = (folder, _hash("run", rm_key, data_key, learning), settings)
     _run_all(cfg, stages, jobs)
 
     # 4. evaluation
@@ -754,7 +766,7 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     # 5. evidence and report
     from molma.eval import build_report, load_result
     result = load_result(eval_dir, versus="molma")
-    facts = evidence(result, runs)
+    facts = evidence(result, runs, main_seed=cfg.seed)
     meta = {"config": to_dict(cfg), "stage_seconds": stages.timings, "reused_stages": stages.reused,
             "wall_time_s": round(time.perf_counter() - t_start, 1),
             "stage_seconds_total": round(sum(stages.timings.values()), 1),
@@ -778,3 +790,49 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
           "RMhelp is trained on builtin pairs: no real helpfulness preference data is reachable offline):")
     print(result.win_rate_text())  # ends with the one-sentence verdict (molma.eval.tables.verdict_sentence)
     return root
+
+
+# the files of a finished experiment that are worth keeping in the repository: (source under OUT, name in DEST)
+PUBLISHED_FILES = [("config.yaml", "config.yaml"),
+                   ("data/data.json", "data.json"), ("rm/results.json", "rm_results.json"),
+                   ("rm/candidates/selection.json", "rm_selection.json"), ("eval/summary.json", "eval_summary.json")]
+
+
+def publish_results(root: str | Path, dest: str | Path, title: str | None = None) -> Path:
+    """Copy a finished experiment's results (no model weights, no responses) into ``dest`` (e.g.
+    ``docs/results/cpu-experiment``): the evidence, Table 2 rows, the RMsafe choice, prompt-pool sizes, the
+    evaluation summary, the sweep and Pareto files under ``sweeps/``, and the report without example prompts
+    under ``report/``. Files of an earlier publication that this one does not write are removed."""
+    import shutil
+
+    from molma.eval import build_report
+
+    root, dest = Path(root), Path(dest)
+    if not (root / "evidence.json").is_file():
+        raise FileNotFoundError(f"{root}: no evidence.json (run the experiment to the end first)")
+    dest.mkdir(parents=True, exist_ok=True)
+    # the evidence is recomputed from the saved evaluation by this version of the code (same numbers as the
+    # experiment's own evidence.json; tables as this version writes them)
+    from molma.atomic import write_text_atomic
+    from molma.eval import load_result
+
+    cfg = load_config(ExperimentConfig, str(root / "config.yaml"))
+    meta = json.loads((root / "experiment.json").read_text()) if (root / "experiment.json").is_file() else {}
+    facts = evidence(load_result(root / "eval", versus="molma"), plan_runs(cfg)[0], main_seed=cfg.seed)
+    for sub in ("report", "sweeps"):
+        shutil.rmtree(dest / sub, ignore_errors=True)
+    for src, name in PUBLISHED_FILES:
+        if (root / src).is_file():
+            shutil.copyfile(root / src, dest / name)
+        elif (dest / name).exists():
+            (dest / name).unlink()
+    for sub in ("sweep", "pareto"):
+        for path in sorted((root / sub).glob("*.json")):
+            (dest / "sweeps").mkdir(exist_ok=True)
+            shutil.copyfile(path, dest / "sweeps" / (path.name if sub == "sweep" else f"pareto-{path.name}"))
+    write_text_atomic(dest / "evidence.json", json.dumps({"meta": meta, **facts}, indent=2, default=float))
+    write_text_atomic(dest / "evidence.md", evidence_markdown(facts, meta))
+    build_report(root, out_dir=dest / "report", title=title or cfg.title, n_examples=0)
+    print(f"published {root} -> {dest}", flush=True)
+    return dest
+

@@ -8,7 +8,8 @@ from molma.cli.experiment import add_pipeline_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="run the end-to-end pipeline on the embedded SmolLM2 (CPU)",
+    p = subparsers.add_parser("demo", config_kind="demo",
+                              help="run the end-to-end pipeline on the embedded SmolLM2 (CPU)",
                               description="The experiment pipeline at demo size (configs/demo.yaml): judges, "
                                           "every method, evaluation with paired tests, report, verdict.")
     add_pipeline_arguments(p, "configs/demo.yaml", "demo config (YAML)")

@@ -50,10 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(e.g. ref=smollm2-135m-instruct,molma=runs/molma/final); repeatable")
     p.add_argument("--prompts", default="builtin:test",
                    help="builtin:test (held-out prompts of the builtin help/safe pools, same split as RL "
-                        "training), builtin:help|safe, or a prompt file (default: builtin:test)")
+                        "training), heldout:RUN_DIR (the prompts that training run set aside, rebuilt from "
+                        "its config.yaml: any pools, same seed and fraction), builtin:help|safe, or a prompt "
+                        "file (default: builtin:test)")
     p.add_argument("--rm", type=_rm_arg, action="append", default=[], metavar="NAME=PATH_OR_RULE",
                    help="objective: reward-model folder or rule (rule:length, ...); repeatable, required")
-    p.add_argument("--out", help="output folder (responses.jsonl, summary.json)")
+    p.add_argument("--out", help="output folder (responses.jsonl, summary.json); in an experiment folder "
+                                 "(EXP/eval) the runs that 'molma sweep --out EXP' recorded in EXP/sweeps.json are "
+                                 "evaluated too and EXP/sweep/*.json, EXP/pareto/*.json written for molma report")
+    p.add_argument("--no-sweeps", action="store_true",
+                   help="do not add the sweep runs of EXP/sweeps.json (see --out)")
     p.add_argument("--rescore", metavar="DIR", help="re-score the saved responses in DIR with --rm")
     p.add_argument("--n-prompts", type=int, help="random sample of this many prompts (seeded by --seed)")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -100,9 +106,14 @@ def load_objectives(specs: list[tuple[str, str]], device: str = "cpu", precision
 def load_eval_prompts(source: str, n: int | None = None, seed: int = 0, heldout_fraction: float = 0.2,
                       split_seed: int = 0) -> list:
     """Test prompts: ``builtin:test`` = the held-out part of the builtin help and safe pools (the split
-    RL training uses, so these were never trained on); ``builtin:<tag>``; or any prompt source read by
-    :func:`molma.data.read_prompts`. ``n`` draws a seeded random sample, kept in source order."""
-    if source == "builtin:test":
+    RL training uses, so these were never trained on); ``heldout:RUN_DIR`` = the held-out prompts of that
+    training run (:func:`molma.rl.prompts.run_heldout_prompts`); ``builtin:<tag>``; or any prompt source
+    read by :func:`molma.data.read_prompts`. ``n`` draws a seeded random sample, kept in source order."""
+    if source.startswith("heldout:"):
+        from molma.rl.prompts import run_heldout_prompts
+
+        prompts = run_heldout_prompts(source.split(":", 1)[1])
+    elif source == "builtin:test":
         from molma.rl.prompts import train_heldout_pools
 
         _, heldout = train_heldout_pools({"help": "builtin:help", "safe": "builtin:safe"}, heldout_fraction,
@@ -127,6 +138,22 @@ def load_eval_prompts(source: str, n: int | None = None, seed: int = 0, heldout_
     return prompts
 
 
+def threads_and_device(args: argparse.Namespace, command: str):
+    """Apply ``--threads`` and resolve ``--device`` for an evaluating command; None (after printing the error
+    naming the option) when the device is not available."""
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    from molma.distributed import device_for
+
+    try:
+        return device_for(args.device)
+    except RuntimeError as err:
+        print(f"molma {command}: error: --device {args.device}: {err}", file=sys.stderr)
+        return None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from molma.eval.generate import load_for_eval
     from molma.eval.runner import EvalConfig, evaluate_models, rescore
@@ -135,16 +162,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.rm:
         print("molma eval: error: give at least one objective with --rm NAME=PATH_OR_RULE", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
-    from molma.rl.parallel import device_for
-
-    try:
-        device = device_for(args.device)
-    except RuntimeError as err:
-        print(f"molma eval: error: --device {args.device}: {err}", file=sys.stderr)
+    device = threads_and_device(args, "eval")
+    if device is None:
         return 2
     try:
         objectives = load_objectives(args.rm, str(device), args.precision)
@@ -164,6 +183,14 @@ def run_eval(args: argparse.Namespace) -> int:
             if not args.out:
                 print("molma eval: error: --out DIR is required", file=sys.stderr)
                 return 2
+            from molma.layout import MANIFEST, experiment_of, sweep_models
+
+            exp = experiment_of(args.out)
+            added = {} if args.no_sweeps else {n: s for n, s in sweep_models(exp).items() if n not in models}
+            if added:
+                log.info("evaluating the %d sweep run(s) of %s too: %s", len(added), exp / MANIFEST,
+                         ", ".join(added))
+                models.update(added)
             prompts = load_eval_prompts(args.prompts, args.n_prompts, args.seed, args.heldout_fraction,
                                         args.split_seed)
             config = EvalConfig(max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -181,4 +208,14 @@ def run_eval(args: argparse.Namespace) -> int:
     print()
     print(reward_table(result.summary, result.objectives).to_text())
     print(f"\nsaved: {result.out_dir}/responses.jsonl, {result.out_dir}/summary.json")
+    if not args.no_sweeps and result.out_dir is not None:
+        from molma.layout import experiment_of, write_sweep_files
+
+        try:
+            written = write_sweep_files(experiment_of(result.out_dir), result)
+        except ValueError as err:
+            print(f"molma eval: error: {err}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(f"sweep file: {path}")
     return 0

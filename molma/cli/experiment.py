@@ -8,7 +8,8 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "experiment", help="run the whole comparison (judges, methods, sweeps, evaluation, report), resumably",
+        "experiment", config_kind="experiment",
+        help="run the whole comparison (judges, methods, sweeps, evaluation, report), resumably",
         description="Run an experiment config: prompt pools, RMhelp/RMsafe, every RL method and sweep, "
                     "evaluation on held-out prompts with paired tests, and the report. Finished stages are "
                     "reused (keyed by a hash of their settings); rerun the same command to resume.",
@@ -16,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "  molma experiment --config configs/cpu/experiment.yaml workers=2 eval_prompts=64",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pipeline_arguments(p, "configs/cpu/experiment.yaml", "experiment config (YAML)")
+    p.add_argument("--publish", metavar="DIR", default=None,
+                   help="afterwards, copy the results (evidence, Table 2, sweeps, report without example "
+                        "prompts; no weights) into DIR, e.g. docs/results/cpu-experiment")
     p.set_defaults(func=_run)
 
 
@@ -29,5 +33,10 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, default_config: str, conf
 def _run(args: argparse.Namespace) -> int:
     from molma.experiment import run_experiment
 
-    run_experiment(args.config, args.overrides, out=args.out)
+    root = run_experiment(args.config, args.overrides, out=args.out)
+    if args.publish:
+        from molma.config import load_config
+        from molma.experiment import ExperimentConfig, publish_results
+
+        publish_results(root, args.publish, title=load_config(ExperimentConfig, args.config, args.overrides).title)
     return 0

@@ -16,6 +16,7 @@ import sys
 
 import molma
 import molma.cli
+from molma.cli.common import MolmaParser
 from molma.config import ConfigError
 
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"molma {molma.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=MolmaParser)
     for info in sorted(pkgutil.iter_modules(molma.cli.__path__), key=lambda m: m.name):
         if info.name in {"main", "common"} or info.name.startswith("_"):
             continue
@@ -34,7 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
+    _describe(subparsers)
     return parser
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: str = "molma") -> dict[str, argparse.ArgumentParser]:
+    """``{"molma rm train": parser, ...}``: every (nested) subcommand parser under ``parser``."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out[f"{prefix} {name}"] = sub
+                out.update(subcommands(sub, f"{prefix} {name}"))
+    return out
+
+
+def _describe(subparsers: argparse._SubParsersAction) -> None:
+    """A subcommand registered without a description gets its one-line help as one, so every --help
+    says what the command does (nested groups too)."""
+    helps = {a.dest: a.help for a in subparsers._choices_actions}
+    for name, sub in subparsers.choices.items():
+        if not sub.description and helps.get(name):
+            sub.description = helps[name][0].upper() + helps[name][1:] + "."
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

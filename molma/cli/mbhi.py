@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
     envs.set_defaults(func=run_envs)
 
     run = sub.add_parser(
-        "run", help="train one method on one task for several seeds",
+        "run", config_kind="mbhi", help="train one method on one task for several seeds",
         description="Settings: RunConfig defaults, then --config, then key=value overrides, then flags. "
                     "Writes <out>/<task>/<method>/seed<k>.json (curves + summary).",
         epilog="example:\n  molma mbhi run --env molma/CliffCart-v0 --method mbhi --seeds 0 1 --workers 2 "
@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
     run.set_defaults(func=run_run)
 
     cmp = sub.add_parser(
-        "compare", help="run missing (task, method, seed) combinations, then tables and plots",
+        "compare", config_kind="mbhi", help="run missing (task, method, seed) combinations, then tables and plots",
         description="Runs every missing combination (existing results are reused unless --force), then "
                     "writes comparison.json, summary.csv, curves.csv (per-seed curves) and one PNG per task "
                     "(cumulative catastrophes, return, human labels vs steps) into --out.")

@@ -16,7 +16,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-TRAIN_FLAGS = ("objective", "data", "base", "output_dir")
+TRAIN_FLAGS = ("objective", "data", "base", "output_dir", "push_to_hub")
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
 
     train = sub.add_parser(
-        "train", help="train a reward model",
+        "train", help="train a reward model", config_kind="rm",
         description="Train a reward model; settings come from RewardTrainConfig defaults (the paper's), then "
                     "--config, then key=value overrides, then the flags below.",
         epilog="examples:\n  molma rm train --objective safe --data builtin --config configs/rm/demo.yaml\n"
@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
     train.add_argument("--threads", type=int,
                        help="torch CPU threads, set before the model loads (default: the config's 'threads:', "
                             "else torch's default)")
+    train.add_argument("--push-to-hub", metavar="REPO_ID",
+                       help="upload the saved reward model to this Hugging Face Hub repository (OWNER/NAME); "
+                            "needs a token (hf auth login or HF_TOKEN). Config key: push_to_hub")
     train.add_argument("--config", help="YAML file with RewardTrainConfig keys")
     train.add_argument("--section", help="read this top-level section of the YAML file (e.g. rm)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
@@ -102,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
         path = train_reward_model(config)
     except ConfigError:
         raise
-    except (ValueError, FloatingPointError, RuntimeError) as err:
+    except (ValueError, FloatingPointError, RuntimeError, ImportError) as err:  # HubError is a RuntimeError
         return _fail("train", err)
     print(f"reward model saved to {path}")
     return 0

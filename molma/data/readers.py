@@ -62,8 +62,7 @@ T = TypeVar("T")
 Row = Mapping[str, Any]
 Source = str | Path | Iterable[Row]
 
-PAIR_FORMATS = ("hh", "pku", "shp", "columns")
-PROMPT_FORMATS = ("hh", "pku", "shp", "alpaca", "columns")
+# PAIR_FORMATS and PROMPT_FORMATS: the names of FORMATS (below)
 FORMAT_ALIASES = {
     "jsonl": "columns",
     "json": "columns",
@@ -436,30 +435,10 @@ def pair_from_row(
     Raises :class:`DataFormatError` (with ``field`` set, no location) for a bad row.
     """
     fmt = normalize_format(format, "pairs")
-    if fmt == "hh":
-        prompt, chosen, rejected = _dialogue_pair(row) if is_messages(row.get("chosen")) else _hh_pair(row)
-    elif fmt == "pku":
-        if objective is None:
-            raise ValueError("PKU-SafeRLHF needs objective='help' (better_response_id) or 'safe' "
-                             "(safer_response_id)")
-        prompt = _text(row, "prompt").strip()
-        responses = [_text(row, "response_0").strip(), _text(row, "response_1").strip()]
-        _check_distinct(responses[0], responses[1], "response_0", "response_1")
-        better = _binary_choice(row, PKU_CHOICE_FIELD[normalize_objective(objective)])
-        chosen, rejected = responses[better], responses[1 - better]
-    elif fmt == "shp":
-        prompt = _text(row, "history").strip()
-        a, b = _text(row, "human_ref_A").strip(), _text(row, "human_ref_B").strip()
-        _check_distinct(a, b, "human_ref_A", "human_ref_B")
-        chosen, rejected = (a, b) if _binary_choice(row, "labels") == 1 else (b, a)
-    elif fmt == "columns":
-        names = _pair_columns(columns)
-        prompt = _prompt_text(row, names["prompt"])
-        chosen = _reply_text(row, names["chosen"])
-        rejected = _reply_text(row, names["rejected"])
-        _check_distinct(chosen, rejected, names["chosen"], names["rejected"])
-    else:  # pragma: no cover - normalize_format rejects anything else
+    read_pair = FORMATS[fmt].read_pair if fmt in FORMATS else None
+    if read_pair is None:  # pragma: no cover - normalize_format rejects anything else
         raise ValueError(f"cannot read pairs from format {fmt!r}")
+    prompt, chosen, rejected = read_pair(row, objective, columns)
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source)
 
 
@@ -492,16 +471,7 @@ def prompt_from_row(
     the first Human turn of a dialogue (plain prompts are unchanged).
     """
     fmt = normalize_format(format, "prompts")
-    if fmt == "hh":
-        if is_messages(row.get("chosen")):
-            text = _transcript(_dialogue(row, "chosen")[0], "chosen")
-        else:
-            text, _ = split_hh_transcript(_text(row, "chosen"), "chosen")
-    elif fmt == "alpaca":
-        text = _alpaca_prompt(row)
-    else:
-        name = column or {"pku": "prompt", "shp": "history"}.get(fmt, "prompt")
-        text = _prompt_text(row, name)
+    text = FORMATS.get(fmt, FORMATS["columns"]).read_prompt(row, column)  # auto: the prompt column
     if first_turn:
         messages = to_messages(text)
         users = [m["content"] for m in messages if m["role"] == "user"]
@@ -509,6 +479,91 @@ def prompt_from_row(
             raise DataFormatError("the first Human turn is empty", field="chosen" if fmt == "hh" else column)
         text = users[0]
     return Prompt(text=text, tag=tag, source=source)
+
+
+# --------------------------------------------------------------------------------- the formats
+
+
+def _hh_pair_row(row: Row, objective: str | None, columns: Any) -> tuple[str, str, str]:
+    return _dialogue_pair(row) if is_messages(row.get("chosen")) else _hh_pair(row)
+
+
+def _hh_prompt(row: Row, column: str | None) -> str:
+    if is_messages(row.get("chosen")):
+        return _transcript(_dialogue(row, "chosen")[0], "chosen")
+    return split_hh_transcript(_text(row, "chosen"), "chosen")[0]
+
+
+def _pku_pair(row: Row, objective: str | None, columns: Any) -> tuple[str, str, str]:
+    if objective is None:
+        raise ValueError("PKU-SafeRLHF needs objective='help' (better_response_id) or 'safe' "
+                         "(safer_response_id)")
+    prompt = _text(row, "prompt").strip()
+    responses = [_text(row, "response_0").strip(), _text(row, "response_1").strip()]
+    _check_distinct(responses[0], responses[1], "response_0", "response_1")
+    better = _binary_choice(row, PKU_CHOICE_FIELD[normalize_objective(objective)])
+    return prompt, responses[better], responses[1 - better]
+
+
+def _shp_pair(row: Row, objective: str | None, columns: Any) -> tuple[str, str, str]:
+    prompt = _text(row, "history").strip()
+    a, b = _text(row, "human_ref_A").strip(), _text(row, "human_ref_B").strip()
+    _check_distinct(a, b, "human_ref_A", "human_ref_B")
+    chosen, rejected = (a, b) if _binary_choice(row, "labels") == 1 else (b, a)
+    return prompt, chosen, rejected
+
+
+def _columns_pair(row: Row, objective: str | None, columns: Any) -> tuple[str, str, str]:
+    names = _pair_columns(columns)
+    prompt = _prompt_text(row, names["prompt"])
+    chosen, rejected = _reply_text(row, names["chosen"]), _reply_text(row, names["rejected"])
+    _check_distinct(chosen, rejected, names["chosen"], names["rejected"])
+    return prompt, chosen, rejected
+
+
+@dataclass(frozen=True)
+class _Format:
+    """What defines one dataset format for reading: the header fields a file must have and how one row
+    becomes a prompt text or a pair ``(prompt, chosen, rejected)`` (``None``: not a source of pairs).
+    Which fields identify a format is :func:`detect_pair_format` / :func:`detect_prompt_format`."""
+
+    prompt_fields: Callable[[str | None], list[str | None]]  # (column=)
+    read_prompt: Callable[[Row, str | None], str]  # (row, column=)
+    pair_fields: Callable[[str | None, Any], list[str | None]] | None = None  # (objective, columns)
+    read_pair: Callable[[Row, str | None, Any], tuple[str, str, str]] | None = None  # (row, objective, columns)
+
+
+def _prompt_column(default: str) -> tuple[Callable[[str | None], list[str | None]], Callable[[Row, str | None], str]]:
+    """``prompt_fields`` and ``read_prompt`` of a format whose prompt is one column (``column=`` or ``default``)."""
+    return (lambda column: [column or default]), (lambda row, column: _prompt_text(row, column or default))
+
+
+#: Every format, in the order of PROMPT_FORMATS (those that read pairs: PAIR_FORMATS).
+FORMATS: dict[str, _Format] = {
+    "hh": _Format(lambda column: ["chosen"], _hh_prompt,
+                  lambda objective, columns: ["chosen", "rejected"], _hh_pair_row),
+    "pku": _Format(*_prompt_column("prompt"), lambda objective, columns: [
+        "prompt", "response_0", "response_1", PKU_CHOICE_FIELD.get(objective or "")], _pku_pair),
+    "shp": _Format(*_prompt_column("history"),
+                   lambda objective, columns: ["history", "human_ref_A", "human_ref_B", "labels"], _shp_pair),
+    "alpaca": _Format(lambda column: ["instruction"], lambda row, column: _alpaca_prompt(row)),
+    "columns": _Format(*_prompt_column("prompt"), lambda objective, columns: list(_pair_columns(columns).values()),
+                       _columns_pair),
+}
+PAIR_FORMATS = tuple(name for name, spec in FORMATS.items() if spec.read_pair is not None)
+PROMPT_FORMATS = tuple(FORMATS)
+
+
+def _needed_fields(fmt: str, kind: str, objective: str | None = None, columns: Any = None,
+                   column: str | None = None) -> list[str | None]:
+    """The header fields a source of ``kind`` ('pairs' / 'prompts') in ``fmt`` must have (none for auto)."""
+    if fmt == "auto":
+        return []
+    spec = FORMATS[fmt]
+    if kind == "pairs":
+        assert spec.pair_fields is not None
+        return spec.pair_fields(objective, columns)
+    return spec.prompt_fields(column)
 
 
 # ------------------------------------------------------------------------------- format detection
@@ -932,6 +987,18 @@ def _peek_fields(rows: _Rows) -> tuple[list[str] | None, int | None, list[tuple[
     return None, None, consumed
 
 
+def _detect(rows: _Rows, fields: list[str], line: int | None, detect: Callable[[list[str]], T | None],
+            what: str, hint: str) -> T:
+    """``detect(fields)``; no match or several are errors naming the source, the line and the fields."""
+    try:
+        detected = detect(fields)
+    except ValueError as err:
+        raise DataFormatError(f"{err} (fields: {', '.join(fields)})", rows.display, line) from None
+    if detected is None:
+        raise DataFormatError(f"cannot detect {what} from fields [{', '.join(fields)}]; {hint}", rows.display, line)
+    return detected
+
+
 def _check_header(rows: _Rows, needed: Iterable[str | None]) -> None:
     if rows.columns is None or not rows.columns:
         return
@@ -1025,26 +1092,12 @@ def read_preferences(
     try:
         fields, line, replay = _peek_fields(rows)
         if fmt == "auto" and fields is not None:
-            try:
-                detected = detect_pair_format(fields)
-            except ValueError as err:
-                raise DataFormatError(f"{err} (fields: {', '.join(fields)})", rows.display, line) from None
-            if detected is None:
-                raise DataFormatError(
-                    f"cannot detect a preference format from fields [{', '.join(fields)}]; pass format= "
-                    f"one of {list(PAIR_FORMATS)} (with columns= for 'columns')", rows.display, line)
-            fmt = detected
+            fmt = _detect(rows, fields, line, detect_pair_format, "a preference format",
+                          f"pass format= one of {list(PAIR_FORMATS)} (with columns= for 'columns')")
         if fmt == "pku" and objective is None:
             raise ValueError(f"{rows.display}: PKU-SafeRLHF needs objective='help' (better_response_id) "
                              "or 'safe' (safer_response_id)")
-        needed: list[str | None] = {
-            "hh": ["chosen", "rejected"],
-            "pku": ["prompt", "response_0", "response_1", PKU_CHOICE_FIELD.get(objective or "")],
-            "shp": ["history", "human_ref_A", "human_ref_B", "labels"],
-            "columns": list(_pair_columns(columns).values()),
-            "auto": [],
-        }[fmt]
-        _check_header(rows, needed)
+        _check_header(rows, _needed_fields(fmt, "pairs", objective=objective, columns=columns))
         report = ReadReport(source=rows.display, format=fmt)
 
         def convert(row: Row, where: str) -> PreferencePair:
@@ -1087,24 +1140,9 @@ def read_prompts(
     try:
         fields, line, replay = _peek_fields(rows)
         if fmt == "auto" and fields is not None:
-            try:
-                detected = detect_prompt_format(fields)
-            except ValueError as err:
-                raise DataFormatError(f"{err} (fields: {', '.join(fields)})", rows.display, line) from None
-            if detected is None:
-                raise DataFormatError(
-                    f"cannot detect a prompt format from fields [{', '.join(fields)}]; pass format= one of "
-                    f"{list(PROMPT_FORMATS)} or column=", rows.display, line)
-            fmt, column = detected
-        needed: list[str | None] = {
-            "hh": ["chosen"],
-            "alpaca": ["instruction"],
-            "pku": [column or "prompt"],
-            "shp": [column or "history"],
-            "columns": [column or "prompt"],
-            "auto": [],
-        }[fmt]
-        _check_header(rows, needed)
+            fmt, column = _detect(rows, fields, line, detect_prompt_format, "a prompt format",
+                                  f"pass format= one of {list(PROMPT_FORMATS)} or column=")
+        _check_header(rows, _needed_fields(fmt, "prompts", column=column))
         report = ReadReport(source=rows.display, format=fmt)
 
         def convert(row: Row, where: str) -> Prompt:

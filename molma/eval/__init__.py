@@ -3,7 +3,7 @@ with Wilson intervals (Figure 2a), reward distributions (Figure 3), importance-w
 Pareto fronts with hypervolume, reward-model accuracy and training-time tables (Tables 2-3), and a
 self-contained HTML/Markdown report. See docs/eval.md."""
 
-from molma.eval.generate import generate_responses, load_for_eval, score_responses, sequence_logprobs
+from molma.eval.generate import generate_responses, load_for_eval, response_logprobs, score_responses
 from molma.eval.report import Report, build_report, environment_info
 from molma.eval.responses import ResponseRecord, read_responses, score_matrix, write_responses
 from molma.eval.runner import EvalConfig, EvalResult, evaluate_models, load_result, rescore
@@ -34,7 +34,7 @@ __all__ = [
     "bootstrap_ci", "build_report", "environment_info", "evaluate_models", "format_win_rates",
     "generate_responses", "hypervolume", "load_for_eval", "load_result", "pareto_mask", "read_responses",
     "read_rm_records", "read_run", "read_sweep", "rescore", "reward_summary", "reward_table",
-    "rm_accuracy_table", "score_matrix", "score_responses", "sequence_logprobs", "summary_table",
+    "rm_accuracy_table", "score_matrix", "score_responses", "response_logprobs", "summary_table",
     "sweep_from_result", "training_time_table", "wilson_interval", "win_rate_table", "win_rates",
     "write_responses", "write_sweep",
 ]

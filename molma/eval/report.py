@@ -21,16 +21,16 @@ import base64
 import html
 import logging
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from molma.atomic import write_text_atomic
+from molma.environment import environment_info
 from molma.eval import plots
 from molma.eval.tables import (
     KL_NOTE,
@@ -64,32 +64,6 @@ figcaption { font-size: 0.9em; color: #555; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; white-space: pre-wrap; }
 .resp td { text-align: left; vertical-align: top; white-space: pre-wrap; }
 """
-
-
-def environment_info() -> dict:
-    """Versions (python, torch, transformers, peft, numpy, matplotlib, molma) and hardware."""
-    import matplotlib
-    import torch
-    import transformers
-
-    import molma
-
-    try:
-        import peft
-
-        peft_version = peft.__version__
-    except ImportError:  # pragma: no cover - peft is a dependency
-        peft_version = None
-    return {
-        "python": sys.version.split()[0], "torch": torch.__version__,
-        "transformers": transformers.__version__, "peft": peft_version, "numpy": np.__version__,
-        "matplotlib": matplotlib.__version__, "molma": molma.__version__,
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
-    }
 
 
 @dataclass
@@ -181,7 +155,50 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     doc = _Doc(figs)
+    src = _sources(run_dir, figs, versus, reference_model)
+    _setup_section(doc, src)
+    _reward_model_section(doc, src)
+    _win_rate_section(doc, src)
+    _reward_section(doc, src, n_examples)
+    _weight_sweep_section(doc, src)
+    _pareto_section(doc, src, hv_reference)
+    _training_section(doc, src)
+    _timing_section(doc, src)
+    doc.text(f"Report built in {time.perf_counter() - t_start:.1f} s.")
 
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header_note = f"Built {generated} from {run_dir}."
+    missing_note = ("Parts not run: " + ", ".join(doc.missing) + ".") if doc.missing else "All parts present."
+    toc = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in doc.contents)
+    page = (
+        '<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en">\n'
+        '<head><meta charset="utf-8"/>'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1><p class=\"note\">{html.escape(header_note)}</p>"
+        f"<p class=\"note\">{html.escape(missing_note)}</p><ol>{toc}</ol>\n"
+        + "\n".join(doc.html_parts) + "\n</body>\n</html>\n"
+    )
+    md = "\n\n".join([f"# {title}", f"_{header_note}_", f"_{missing_note}_", *doc.md_parts]) + "\n"
+    html_path, md_path = out / "report.html", out / "report.md"
+    write_text_atomic(html_path, page)
+    write_text_atomic(md_path, md)
+    return Report(html_path, md_path, doc.figures, doc.tables, doc.missing)
+
+
+@dataclass
+class _Sources:
+    """What the report's sections read from a run directory."""
+
+    run_dir: Path
+    eval_dir: Path
+    runs_dir: Path
+    figs: Path
+    result: Any  # molma.eval.runner.EvalResult or None
+    runs: list
+    ref_model: str | None
+
+
+def _sources(run_dir: Path, figs: Path, versus: str | None, reference_model: str | None) -> _Sources:
     result = None
     eval_dir = run_dir / "eval"
     if (eval_dir / "responses.jsonl").exists():
@@ -197,8 +214,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         ref_model = "ref" if "ref" in result.models else result.config.get("kl_reference")
     if result is not None and ref_model not in result.models:
         ref_model = None
+    return _Sources(run_dir, eval_dir, runs_dir, figs, result, runs, ref_model)
 
-    # ---- 1. setup
+
+def _setup_section(doc: _Doc, src: _Sources) -> None:
+    """1. Setup: configuration, versions, hardware."""
+    run_dir, eval_dir, result, runs = src.run_dir, src.eval_dir, src.result, src.runs
     env = environment_info()
     doc.section("Setup: configuration, versions, hardware")
     doc.table(Table("Environment (report build)", ["item", "value"],
@@ -218,7 +239,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         if r.config_text is not None:
             doc.pre(f"Training config of run {r.name} (runs/{r.name}/config.yaml)", r.config_text)
 
-    # ---- 2. reward models
+
+def _reward_model_section(doc: _Doc, src: _Sources) -> None:
+    """2. Reward-model accuracy (Table 2)."""
+    run_dir = src.run_dir
     doc.section("Reward-model accuracy (Table 2)")
     rm_files = _json_files(run_dir / "rm")
     if rm_files:
@@ -226,7 +250,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     else:
         doc.not_run("reward-model evaluation", f"{run_dir / 'rm'}/*.json")
 
-    # ---- 3. model-based evaluation
+
+def _win_rate_section(doc: _Doc, src: _Sources) -> None:
+    """3. Model-based evaluation: win rates (Figure 2a)."""
+    eval_dir, figs, result = src.eval_dir, src.figs, src.result
     doc.section("Model-based evaluation: win rates (Figure 2a)")
     if result is None:
         doc.not_run("model-based evaluation", str(eval_dir / "responses.jsonl"))
@@ -254,7 +281,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         else:
             doc.text("Only one model was evaluated: no win rates.")
 
-    # ---- 4. reward distributions and summary
+
+def _reward_section(doc: _Doc, src: _Sources, n_examples: int) -> None:
+    """4. Reward distributions and KL to the reference (Figure 3), with example responses."""
+    eval_dir, figs, result, runs, ref_model = src.eval_dir, src.figs, src.result, src.runs, src.ref_model
     doc.section("Reward distributions and KL to the reference (Figure 3)")
     if result is None or not result.prompt_ids:
         doc.not_run("reward distributions", str(eval_dir / "responses.jsonl"))
@@ -281,12 +311,15 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
                    "mean (star)" + (f", {ref_model}'s mean dashed" if ref_model else "") + " (Figure 3).")
         _examples(doc, result, n_examples)
 
-    # ---- 5. weight sweep
+
+def _weight_sweep_section(doc: _Doc, src: _Sources) -> None:
+    """5. Importance-weight sweep (Figure 4)."""
+    run_dir, figs = src.run_dir, src.figs
     doc.section("Importance-weight sweep (Figure 4)")
     sweep_files = _json_files(run_dir / "sweep")
     if not sweep_files:
         doc.not_run("importance-weight sweep", f"{run_dir / 'sweep'}/*.json")
-    from molma.eval.sweep import analyse_fronts, read_sweep
+    from molma.eval.sweep import read_sweep
 
     for path in sweep_files:
         sweep = read_sweep(path)
@@ -296,12 +329,17 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
                    f"{(sweep.get('baseline') or {}).get('label', sweep.get('versus', 'the baseline'))} "
                    f"(Figure 4; {path.name}).")
 
-    # ---- 6. Pareto fronts
+
+def _pareto_section(doc: _Doc, src: _Sources, hv_reference: dict[str, float] | None) -> None:
+    """6. Pareto fronts of preference sweeps and hypervolume."""
+    run_dir, figs, result, ref_model = src.run_dir, src.figs, src.result, src.ref_model
     doc.section("Pareto fronts of preference sweeps and hypervolume")
     pareto_files = _json_files(run_dir / "pareto")
     if not pareto_files:
         doc.not_run("preference sweep", f"{run_dir / 'pareto'}/*.json")
     else:
+        from molma.eval.sweep import analyse_fronts, read_sweep
+
         sweeps = [read_sweep(p) for p in pareto_files]
         objectives = sweeps[0]["objectives"]
         reference, source = hv_reference, "given reference point"
@@ -320,7 +358,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
                    "Pareto fronts: non-dominated points filled and joined, dominated points hollow; "
                    "hypervolume in the legend.")
 
-    # ---- 7. training
+
+def _training_section(doc: _Doc, src: _Sources) -> None:
+    """7. Training curves and training time (Table 3)."""
+    runs_dir, figs, runs = src.runs_dir, src.figs, src.runs
     doc.section("Training curves and training time (Table 3)")
     if not runs:
         doc.not_run("training runs", f"{runs_dir}/<name>/metrics.jsonl")
@@ -334,7 +375,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         else:
             doc.not_run("training curves", "metrics.jsonl in any run")
 
-    # ---- 8. timings
+
+def _timing_section(doc: _Doc, src: _Sources) -> None:
+    """8. Evaluation timings."""
+    eval_dir, result = src.eval_dir, src.result
     doc.section("Timings")
     rows = []
     if result is not None:
@@ -348,25 +392,6 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
                         ["'-' = reused from an earlier run or not measured."]))
     else:
         doc.not_run("evaluation timings", str(eval_dir / "summary.json"))
-    doc.text(f"Report built in {time.perf_counter() - t_start:.1f} s.")
-
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header_note = f"Built {generated} from {run_dir}."
-    missing_note = ("Parts not run: " + ", ".join(doc.missing) + ".") if doc.missing else "All parts present."
-    toc = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in doc.contents)
-    page = (
-        '<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en">\n'
-        '<head><meta charset="utf-8"/>'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1><p class=\"note\">{html.escape(header_note)}</p>"
-        f"<p class=\"note\">{html.escape(missing_note)}</p><ol>{toc}</ol>\n"
-        + "\n".join(doc.html_parts) + "\n</body>\n</html>\n"
-    )
-    md = "\n\n".join([f"# {title}", f"_{header_note}_", f"_{missing_note}_", *doc.md_parts]) + "\n"
-    html_path, md_path = out / "report.html", out / "report.md"
-    write_text_atomic(html_path, page)
-    write_text_atomic(md_path, md)
-    return Report(html_path, md_path, doc.figures, doc.tables, doc.missing)
 
 
 def _read_env(eval_dir: Path) -> dict | None:

@@ -19,7 +19,13 @@ import numpy as np
 
 from molma.config import COUNT, NON_NEGATIVE, OPEN_UNIT, POSITIVE, SEED, Range, check_ranges
 from molma.data.records import Prompt
-from molma.eval.generate import generate_responses, load_for_eval, score_responses, sequence_logprobs
+from molma.eval.generate import (
+    check_generation,
+    generate_responses,
+    load_for_eval,
+    response_logprobs,
+    score_responses,
+)
 from molma.eval.responses import (
     ResponseRecord,
     models_in,
@@ -69,13 +75,9 @@ class EvalConfig:
         check_ranges(self)  # NaN / inf and out-of-range values, naming the key
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
-        if self.batch_size <= 0 or self.score_batch_size <= 0:
-            raise ValueError("batch_size and score_batch_size must be > 0")
-        if self.do_sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
-            raise ValueError(f"sampling needs temperature > 0 and top_p in (0, 1], got "
-                             f"{self.temperature}, {self.top_p}")
+        check_generation(self.max_new_tokens, self.batch_size, self.do_sample, self.temperature, self.top_p)
+        if self.score_batch_size <= 0:
+            raise ValueError(f"score_batch_size must be > 0, got {self.score_batch_size}")
         if self.tie_tol < 0:
             raise ValueError(f"tie_tol must be >= 0, got {self.tie_tol}")
 
@@ -231,6 +233,9 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
     estimator (:func:`kl_estimate`); ``kl`` supplies estimates from elsewhere (e.g. training metrics)
     for models not covered.
     """
+    from molma.logs import ensure_progress_logging
+
+    ensure_progress_logging()
     config = config or EvalConfig()
     loader = loader or load_for_eval
     prompts = _as_prompts(prompts)
@@ -329,12 +334,12 @@ def evaluate_models(models: Mapping[str, str | tuple], prompts: Sequence[str | P
         if config.kl_reference is not None:
             t0 = time.perf_counter()
             if name == config.kl_reference:
-                ref_lp = {m: sequence_logprobs(model, tok, prompts, [r.response for r in records[m]],
+                ref_lp = {m: response_logprobs(model, tok, prompts, [r.response for r in records[m]],
                                                config.batch_size, system=config.system, per_token=True)
                           for m in names}
                 logprobs[name] = ref_lp[name]
             else:
-                logprobs[name] = sequence_logprobs(model, tok, prompts, responses, config.batch_size,
+                logprobs[name] = response_logprobs(model, tok, prompts, responses, config.batch_size,
                                                    system=config.system, per_token=True)
             t["logprob_s"] = time.perf_counter() - t0
         del model, tok

@@ -3,10 +3,11 @@
 Each objective k has a loss ``L_k`` and gradient ``g_k``; every method is a *weighting* mapping the
 K x K Gramian ``M = G^T G`` (and the task importance ``w``) to coefficients ``alpha``, and the update
 is ``sum_k alpha_k g_k``. :class:`MultiObjectiveBackward` turns K losses from one forward pass into
-that update in ``.grad``. See ``docs/gradients.md``.
+that update in ``.grad``; under ``torch.distributed`` it takes a layout from :mod:`molma.distributed`.
+See ``docs/gradients.md``.
 """
 
-from molma.gradients.backward import LAYOUTS, MODES, MultiObjectiveBackward, last_layer_parameters
+from molma.gradients.backward import MODES, MultiObjectiveBackward
 from molma.gradients.linalg import (
     balance_transformation,
     combine,
@@ -37,10 +38,10 @@ from molma.gradients.weightings import (
 )
 
 __all__ = [
-    "GAPO", "IMTLG", "LAYOUTS", "MGDA", "MODES", "NASH_INSTALL_HINT", "PGAPO", "WEIGHTING_NAMES",
+    "GAPO", "IMTLG", "MGDA", "MODES", "NASH_INSTALL_HINT", "PGAPO", "WEIGHTING_NAMES",
     "AlignedMTL", "CAGrad", "LinearScalarization", "MultiObjectiveBackward", "NNLSDualConeProjector",
     "NashMTL", "PCGrad", "TorchJDWeighting", "UPGrad", "Weighting", "aggregate",
     "balance_transformation", "cagrad_weights", "combine", "condition_number", "cosines",
-    "get_weighting", "gramian", "last_layer_parameters", "min_norm_point", "normalize_importance",
+    "get_weighting", "gramian", "min_norm_point", "normalize_importance",
     "resolve_weighting",
 ]

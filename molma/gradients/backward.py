@@ -15,6 +15,9 @@ Modes (where the Gramian comes from):
   states, per-token log-probabilities, ...), then ONE backward of ``sum_k alpha_k L_k``.
 * ``"subset"``: Gramian of the gradients of a small parameter subset (``subset_params``, e.g. the
   policy's last layer as in GAPO), then ONE backward of ``sum_k alpha_k L_k``.
+
+Under ``torch.distributed`` a layout from :mod:`molma.distributed` says how gradients, Gramians and
+norms are reduced over processes; this module never asks which layout it has.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from molma.gradients import distributed as mdist
+from molma.distributed import Layout, SingleProcess, like, local
 from molma.gradients.linalg import (
     combine,
     condition_number,
@@ -43,11 +46,9 @@ from molma.gradients.weightings import ImportanceLike, Weighting, resolve_weight
 log = logging.getLogger(__name__)
 
 Mode = Literal["exact", "fast", "subset"]
-Layout = Literal["none", "data", "sharded", "fsdp"]
 VJPStrategy = Literal["batched", "loop"]
 
 MODES: tuple[str, ...] = ("exact", "fast", "subset")
-LAYOUTS: tuple[str, ...] = ("none", "data", "sharded", "fsdp")
 _SOURCES = {"exact": "parameters", "fast": "representation", "subset": "subset"}
 
 
@@ -77,12 +78,12 @@ class MultiObjectiveBackward:
         vjp: ``"loop"`` (K ``autograd.grad`` calls sharing the graph) or ``"batched"``
             (one ``autograd.grad(..., is_grads_batched=True)``; falls back to the loop with a warning
             if an operation has no batching rule).
-        distributed: ``"none"``, ``"data"`` (DDP-style: replicated params, different data; do NOT
-            also wrap the model in DDP), ``"sharded"`` (each rank owns a disjoint parameter shard
-            and sees the same losses) or ``"fsdp"`` (parameters sharded by FSDP2 ``fully_shard``,
-            different data per rank; parameters FSDP leaves unsharded are averaged as in ``"data"``,
-            and the ``subset`` parameters must be such).
-        process_group: the ``torch.distributed`` group (default: the world).
+        layout: how the processes share the work (:mod:`molma.distributed`): ``SingleProcess()``
+            (the default), ``DataParallel()`` (DDP-style: replicated params, different data; do NOT
+            also wrap the model in DDP) or ``FSDP()`` (parameters sharded by FSDP2 ``fully_shard``,
+            different data per rank; parameters FSDP leaves unsharded are averaged as under
+            ``DataParallel``, and the ``subset`` parameters must be such). Its process group and
+            device are where the collectives run.
         **weighting_kwargs: passed to :func:`~molma.gradients.weightings.get_weighting` with a name.
 
     ``backward`` overwrites ``.grad`` of every parameter (it never accumulates): the update of this
@@ -93,15 +94,15 @@ class MultiObjectiveBackward:
     def __init__(self, params: Iterable[Tensor], weighting: Any = "aligned-mtl", *,
                  mode: Mode = "exact", clip_norm: float | None = 1.0,
                  subset_params: Iterable[Tensor] | None = None, importance: ImportanceLike = None,
-                 vjp: VJPStrategy = "loop", distributed: Layout = "none", process_group: Any = None,
+                 vjp: VJPStrategy = "loop", layout: Layout | None = None,
                  **weighting_kwargs: Any) -> None:
         self.params = _unique_trainable(params)
         if not self.params:
             raise ValueError("MultiObjectiveBackward needs at least one parameter with requires_grad")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if distributed not in LAYOUTS:
-            raise ValueError(f"distributed must be one of {LAYOUTS}, got {distributed!r}")
+        if layout is not None and not isinstance(layout, Layout):
+            raise TypeError(f"layout must be a molma.distributed.Layout, got {type(layout).__name__}")
         if vjp not in ("batched", "loop"):
             raise ValueError(f"vjp must be 'batched' or 'loop', got {vjp!r}")
         if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm > 0):
@@ -111,18 +112,13 @@ class MultiObjectiveBackward:
             raise ValueError("mode='subset' needs subset_params (e.g. the policy's last layer)")
         if mode != "subset" and self.subset_params:
             raise ValueError("subset_params is only used with mode='subset'")
-        if distributed == "fsdp" and any(mdist.is_dtensor(p) for p in self.subset_params):
-            # a sharded subset would need its own reduce-scatter, which only a full backward()
-            # through FSDP triggers: the cost "subset" exists to avoid
-            raise ValueError("with distributed='fsdp' the subset parameters must stay unsharded: "
-                             "shard_model(model, mesh, replicate=subset_params)")
+        self.layout: Layout = layout if layout is not None else SingleProcess(self.params[0].device)
+        self.layout.check_subset(self.subset_params)
         self.weighting: Weighting = resolve_weighting(weighting, **weighting_kwargs)
         self.mode: Mode = mode
         self.clip_norm = clip_norm
         self.importance = importance
         self.vjp: VJPStrategy = vjp
-        self.distributed: Layout = distributed
-        self.process_group = process_group
         self.steps = 0
         self.skipped_steps = 0
 
@@ -143,13 +139,11 @@ class MultiObjectiveBackward:
                 raise ValueError("mode='fast' needs representation= (a tensor shared by all losses)")
             if not representation.requires_grad:
                 raise ValueError("the representation tensor does not require grad (is it detached?)")
-        if self.distributed != "none":
-            mdist.require_initialized(self.distributed)
         self.steps += 1
         diag: dict[str, Any] = {
             "mode": self.mode, "weighting": self.weighting.name, "num_objectives": K,
             "gramian_source": _SOURCES[self.mode],
-            "distributed": self.distributed,
+            "distributed": self.layout.name,
             "losses": [_float_or_none(x.detach().float()) for x in losses],
             "skipped": None, "alpha": None, "importance": None, "grad_norms": None, "cosines": None,
             "min_cosine": None,
@@ -158,7 +152,7 @@ class MultiObjectiveBackward:
         }
         try:
             bad = [k for k, v in enumerate(diag["losses"]) if v is None]
-            if self._any_rank(bool(bad)):
+            if self.layout.any_rank(bool(bad)):
                 raise _SkipStepError(f"non-finite loss for objective {bad[0]}" if bad
                                      else "non-finite loss on another rank")
             if self.mode == "exact":
@@ -171,9 +165,11 @@ class MultiObjectiveBackward:
 
     # ------------------------------------------------------------------ modes
     def _exact(self, losses: list[Tensor], importance: ImportanceLike, diag: dict[str, Any]) -> None:
-        fsdp = self.distributed == "fsdp"
-        jacs = self._backward_jacobians(losses) if fsdp else self._jacobians(losses, self.params)
-        self._average_replicated(jacs, self.params)
+        if self.layout.reduces_in_backward:
+            jacs = self._backward_jacobians(losses)
+        else:
+            jacs = self._jacobians(losses, self.params)
+        self.layout.average_replicated_(jacs, self.params)
         M = self._reduced_gramian(jacs, self.params)
         alpha = self._weights(M, importance, diag)
         update_norm = math.sqrt(max(float(alpha @ M @ alpha), 0.0))  # ||G alpha||, exact across shards
@@ -183,79 +179,54 @@ class MultiObjectiveBackward:
         grads = combine(jacs, alpha * coef)
         del jacs
         for p, g in zip(self.params, grads):
-            p.grad = mdist.like(p, g)
+            p.grad = like(p, g)
 
     def _one_backward(self, losses: list[Tensor], representation: Tensor | None,
                       importance: ImportanceLike, diag: dict[str, Any]) -> None:
         if self.mode == "fast":
             assert representation is not None
             jacs = self._jacobians(losses, [representation], retain_graph=True)
-            M = gramian(jacs)
-            if self.distributed in ("data", "fsdp"):
-                # global loss = mean over ranks of local losses: its representation gradient is the
-                # concatenation of the local ones / R, so M = sum_r M_r / R^2
-                R = mdist.world_size(self.process_group)
-                M = mdist.all_reduce_sum(M, self.process_group, self._device) / (R * R)
+            M = self.layout.representation_gramian(gramian(jacs))
         else:
             jacs = self._jacobians(losses, self.subset_params, retain_graph=True)
-            self._average_replicated(jacs, self.subset_params)
+            self.layout.average_replicated_(jacs, self.subset_params)
             M = self._reduced_gramian(jacs, self.subset_params)
         del jacs
         alpha = self._weights(M, importance, diag)
         weighted = [(float(a), loss) for a, loss in zip(alpha, losses) if a != 0 and loss.requires_grad]
-        if self.distributed == "fsdp":  # FSDP reduce-scatters (averages) on backward() only
+        if self.layout.reduces_in_backward:  # e.g. FSDP reduce-scatters (averages) on backward() only
             for p in self.params:
                 p.grad = None
             if weighted:
                 sum(a * loss for a, loss in weighted).backward()
-            raw = tuple(None if p.grad is None else mdist.local(p.grad) for p in self.params)
+            raw = tuple(None if p.grad is None else local(p.grad) for p in self.params)
         elif weighted:
             total = sum(a * loss for a, loss in weighted)
             raw = torch.autograd.grad(total, self.params, allow_unused=True)
         else:
             raw = (None,) * len(self.params)
-        grads = [torch.zeros_like(mdist.local(p)) if g is None else g for p, g in zip(self.params, raw)]
-        self._average_replicated(grads, self.params)
+        grads = [torch.zeros_like(local(p)) if g is None else g for p, g in zip(self.params, raw)]
+        self.layout.average_replicated_(grads, self.params)
         sq = torch.zeros((), dtype=torch.float64, device=self._device)  # this rank's shards
         whole = torch.zeros((), dtype=torch.float64, device=self._device)  # held whole by every rank
         for p, g in zip(self.params, grads):
             term = torch.linalg.vector_norm(g.detach()).double() ** 2
-            if self._is_shard(p):
+            if self.layout.is_shard(p):
                 sq += term
             else:
                 whole += term
-        if self.distributed in ("sharded", "fsdp"):
-            sq = mdist.all_reduce_sum(sq, self.process_group, self._device)
-        sq = sq + whole
+        sq = self.layout.sum_over_shards(sq) + whole
         update_norm = math.sqrt(float(sq)) if math.isfinite(float(sq)) else math.inf
         if not math.isfinite(update_norm):
             raise _SkipStepError("non-finite combined gradient")
         coef = self._clip_coef(update_norm, diag)
         for p, g in zip(self.params, grads):
-            p.grad = mdist.like(p, g.mul_(coef) if coef != 1.0 else g)
+            p.grad = like(p, g.mul_(coef) if coef != 1.0 else g)
 
     # ------------------------------------------------------------------ pieces
     @property
     def _device(self) -> torch.device:
         return self.params[0].device
-
-    def _is_shard(self, param: Tensor) -> bool:
-        """Whether this rank holds only a shard of ``param``'s gradient (a partial Gramian term):
-        every parameter in the ``"sharded"`` layout, the ``DTensor`` ones under ``"fsdp"``."""
-        return self.distributed == "sharded" or (self.distributed == "fsdp" and mdist.is_dtensor(param))
-
-    def _average_replicated(self, grads: list[Tensor], params: list[Tensor]) -> None:
-        """Average over ranks the gradients of parameters every rank holds whole but computed on its own
-        data (``"data"``; under ``"fsdp"`` the ones FSDP left unsharded, which it does not reduce)."""
-        if self.distributed == "data":
-            mdist.average_(grads, self.process_group)
-        elif self.distributed == "fsdp":
-            mdist.average_([g for g, p in zip(grads, params) if not mdist.is_dtensor(p)], self.process_group)
-
-    def _any_rank(self, flag: bool) -> bool:
-        if self.distributed == "none":
-            return flag
-        return mdist.any_rank(flag, self.process_group, self._device)
 
     def _jacobians(self, losses: list[Tensor], inputs: list[Tensor],
                    retain_graph: bool = False) -> list[Tensor]:
@@ -298,7 +269,7 @@ class MultiObjectiveBackward:
         runs; after each ``backward()`` this rank's ``.grad`` is its shard of the gradient averaged
         over ranks."""
         K = len(losses)
-        out = [torch.zeros((K, *mdist.local(p).shape), dtype=p.dtype, device=mdist.local(p).device)
+        out = [torch.zeros((K, *local(p).shape), dtype=p.dtype, device=local(p).device)
                for p in self.params]
         diff = [k for k, loss in enumerate(losses) if loss.requires_grad]
         for j, k in enumerate(diff):
@@ -307,19 +278,18 @@ class MultiObjectiveBackward:
             losses[k].backward(retain_graph=j < len(diff) - 1)
             for i, p in enumerate(self.params):
                 if p.grad is not None:
-                    out[i][k].copy_(mdist.local(p.grad))
+                    out[i][k].copy_(local(p.grad))
         for p in self.params:
             p.grad = None
         return out
 
     def _reduced_gramian(self, jacs: list[Tensor], params: list[Tensor]) -> Tensor:
         """``G^T G`` over all of ``params``: shards contribute partial sums (one all-reduce)."""
-        shards = [j for j, p in zip(jacs, params) if self._is_shard(p)]
-        whole = [j for j, p in zip(jacs, params) if not self._is_shard(p)]
+        shards = [j for j, p in zip(jacs, params) if self.layout.is_shard(p)]
+        whole = [j for j, p in zip(jacs, params) if not self.layout.is_shard(p)]
         K = jacs[0].shape[0]
         M = gramian(shards) if shards else torch.zeros(K, K, dtype=torch.float64)
-        if self.distributed in ("sharded", "fsdp"):  # every rank joins, even one without shards
-            M = mdist.all_reduce_sum(M, self.process_group, self._device)
+        M = self.layout.sum_over_shards(M)  # every process joins, even one without shards
         return M + gramian(whole) if whole else M
 
     def _weights(self, M: Tensor, importance: ImportanceLike, diag: dict[str, Any]) -> Tensor:
@@ -365,21 +335,6 @@ class MultiObjectiveBackward:
         self.skipped_steps += 1
         diag["skipped"] = reason
         log.warning("molma.gradients: update skipped (%s)", reason)
-
-
-def last_layer_parameters(model: torch.nn.Module) -> list[Tensor]:
-    """Trainable parameters of the model's last block: GAPO's "last layer" Gramian source.
-
-    Takes the longest ``nn.ModuleList`` (the decoder layers of a transformers / peft model) and
-    returns the trainable parameters of its last element (with LoRA: that layer's adapters).
-    """
-    from molma.models.sharding import transformer_blocks
-
-    blocks = transformer_blocks(model)
-    params = [] if blocks is None else [p for p in blocks[-1].parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("no trainable last layer found; pass subset_params explicitly")
-    return params
 
 
 def _unique_trainable(params: Iterable[Tensor]) -> list[Tensor]:

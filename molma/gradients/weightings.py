@@ -56,6 +56,8 @@ class Weighting(ABC):
 
     name: str = "weighting"
     uses_importance: bool = False
+    #: What the weights ``w`` are called in error messages (P-GAPO's are the user's preference).
+    importance_label: str = "importance"
 
     def __init__(self, importance: ImportanceLike = None) -> None:
         self.importance = importance
@@ -68,8 +70,8 @@ class Weighting(ABC):
         """
         M = as_gramian(gramian)
         K = M.shape[0]
-        label = "preference" if self.name == "pgapo" else "importance"
-        w = normalize_importance(self.importance if importance is None else importance, K, label)
+        w = normalize_importance(self.importance if importance is None else importance, K,
+                                 self.importance_label)
         with torch.no_grad():
             alpha = torch.as_tensor(self.weights(M, w)).detach().to("cpu", torch.float64).reshape(-1)
         if alpha.numel() != K:
@@ -214,6 +216,7 @@ class PGAPO(Weighting):
 
     name = "pgapo"
     uses_importance = True
+    importance_label = "preference"
 
     def __init__(self, preference: ImportanceLike = None) -> None:
         super().__init__(preference)

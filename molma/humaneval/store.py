@@ -159,7 +159,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class StudyData:
-    """Everything the analysis needs, read in one transaction."""
+    """Everything the analysis needs, read in two transactions: prompts, models, scores and rankings in
+    one, the per-account progress in a second (it may count a save made in between)."""
 
     title: str
     objectives: tuple[Objective, ...]
@@ -596,7 +597,8 @@ class Study:
         ]
 
     def data(self) -> StudyData:
-        """A consistent snapshot of prompts, models, scores and all rankings for the analysis."""
+        """A consistent snapshot of prompts, models, scores and all rankings for the analysis (one
+        transaction), with the per-account progress read right after it."""
         with self._conn() as conn, _transaction(conn, write=False):
             models = tuple(r[0] for r in conn.execute("SELECT name FROM models ORDER BY position"))
             prompts = tuple(r[0] for r in conn.execute("SELECT prompt_key FROM prompts ORDER BY position"))

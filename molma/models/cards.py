@@ -44,6 +44,13 @@ ALGORITHMS = {
     "so-safe": "single-objective baseline: the safety reward only",
     "so-weighted": "single-objective baseline: a weighted sum of the rewards",
     "so-piecewise": "single-objective baseline: the piecewise (safety-first) combination of the rewards",
+    "molma-grpo": "MOLMA-GRPO: a GRPO loss per objective (no critic), gradients combined by Aligned-MTL",
+    "molma-rloo": "MOLMA-RLOO: an RLOO loss per objective (no critic), gradients combined by Aligned-MTL",
+    "gapo-grpo": "a GRPO loss per objective (no critic), gradients combined by GAPO's Gramian weighting",
+    "so-weighted-grpo": "single-objective baseline: GRPO on a weighted sum of the shaped rewards",
+    "trl-grpo-sum": "TRL's multi-reward GRPO, sum_then_normalize: the weighted sum of the rewards, group-normalised",
+    "trl-grpo-norm": "TRL's multi-reward GRPO, normalize_then_sum (GDPO): each reward group-normalised, then summed",
+    "safe-rlhf": "Safe RLHF (PPO-Lagrangian): the reward maximised subject to a mean cost below cost_limit",
 }
 
 
@@ -129,15 +136,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+    """The installed ones of :data:`molma.environment.MODEL_PACKAGES`."""
+    from molma.environment import package_versions
 
-    out = {}
-    for dist in ("molma", "torch", "transformers", "peft", "trl"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return out
+    return {name: v for name, v in package_versions().items() if v is not None}
 
 
 def _base_lines(base: str | None) -> tuple[str | None, list[str]]:
@@ -204,14 +206,18 @@ def policy_card(config: Any = None, *, rewards: Mapping[str, Any] | None = None,
     else:
         lines.append("- Full fine-tuning (all weights saved)")
     if algo:
-        lines += ["", "## Algorithm", "", f"- `{algo}`: " + ALGORITHMS.get(
-            algo, f"an APA/PPO loss per objective, gradients combined by the `{algo}` weighting")]
-        loss = cfg.get("loss", "auto")
-        if loss == "auto":
-            loss = "ppo" if algo in ("gapo", "pgapo") else "apa"
+        from molma.rl.config import default_beta, resolve_loss, split_algo
+
+        loss = resolve_loss(algo, cfg.get("loss", "auto"))
+        base = split_algo(algo)[0]
+        article = "an" if loss in ("apa", "rloo") else "a"
+        text = ALGORITHMS.get(algo) or (
+            f"{ALGORITHMS[base]}, with the {loss.upper()} loss" if base in ALGORITHMS
+            else f"{article} {loss.upper()} loss per objective, gradients combined by the `{base}` weighting")
+        lines += ["", "## Algorithm", "", f"- `{algo}`: {text}"]
         beta = cfg.get("kl_beta")
         if beta is None:
-            beta = 0.05 if loss == "ppo" else 0.01
+            beta = default_beta(loss)
         weights = cfg.get("importance")
         lines += [f"- importance / preference weights: {_fmt(weights) if weights is not None else 'equal'}",
                   f"- policy loss: {loss.upper()}, KL coefficient beta {_fmt(beta)}"]

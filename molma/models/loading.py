@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from molma.atomic import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +57,10 @@ def gguf_path(name: str) -> Path:
 
 
 def _atomic_save_dir(target: Path, save) -> None:
-    """Run ``save(tmpdir)`` then rename the folder into place, so a killed run leaves no half cache."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    """Run ``save(tmpdir)`` then rename the folder into place, so a killed run leaves no half cache (a
+    folder another process finished first is kept)."""
+    with atomic_folder(target, replace=False) as tmp:
         save(tmp)
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-            return
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def builtin_tokenizer_path(name: str) -> Path:
@@ -131,6 +126,21 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
+@contextmanager
+def tokenizer_sides(tokenizer, padding: str | None = None, truncation: str | None = None) -> Iterator[Any]:
+    """Inside: ``tokenizer`` pads / truncates on the given sides; on leaving, its own sides are back
+    (a tokenizer is shared by the trainer, the judges' rendering and evaluation)."""
+    old = tokenizer.padding_side, tokenizer.truncation_side
+    if padding is not None:
+        tokenizer.padding_side = padding
+    if truncation is not None:
+        tokenizer.truncation_side = truncation
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = old
+
+
 @dataclass
 class LoraSettings:
     """LoRA settings (peft); ``target_modules="all-linear"`` adapts every linear layer but the head."""
@@ -182,6 +192,42 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.
         model.config.pad_token_id = tok.pad_token_id
     if lora is not None:
         model = apply_lora(model, lora)
+    return model, tok
+
+
+def load_policy(spec: str | Path, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` of a trained policy (the RL trainer's ``final/``) or any model, in eval mode,
+    on ``device``; the one loader behind ``molma eval``, the experiment and :func:`molma.rl.load_policy`.
+
+    ``spec`` is a builtin name (``smollm2-135m-instruct``), hub id or plain model folder (via
+    :func:`load_model`), or a peft adapter folder (it has ``adapter_config.json``): its base model
+    (``molma.json`` ``base_model``, else the adapter's ``base_model_name_or_path``) is loaded with
+    ``load_model`` and the adapter merged in for faster generation. The tokenizer comes from the adapter
+    folder when it holds one, else from the base model. A folder that is neither is an error.
+    """
+    import json
+
+    folder = Path(spec)
+    adapter_cfg = folder / "adapter_config.json"
+    if folder.is_dir() and adapter_cfg.exists():
+        from peft import PeftModel
+
+        meta = folder / "molma.json"  # written by the RL trainer: the base model as it was named
+        base_name = json.loads(meta.read_text(encoding="utf-8")).get("base_model") if meta.exists() else None
+        base_name = base_name or json.loads(adapter_cfg.read_text(encoding="utf-8")).get(
+            "base_model_name_or_path")
+        if not base_name:
+            raise ValueError(f"{adapter_cfg}: field 'base_model_name_or_path' is missing")
+        base, tok = load_model(base_name, device=device)
+        model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload().to(device)
+        if (folder / "tokenizer_config.json").exists():
+            tok = load_tokenizer(str(folder))
+    else:
+        if folder.exists() and not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder}: neither a model folder (config.json) nor a peft adapter "
+                                    "folder (adapter_config.json)")
+        model, tok = load_model(str(spec), device=device)
+    model.eval()
     return model, tok
 
 

@@ -4,7 +4,7 @@ PyTorch's ``fully_shard`` does the work; what this module adds is where to apply
 molma trains: every transformer block is its own FSDP unit (gathered just before it runs, freed right
 after), then the root. The root of a peft model is its base causal LM, not the ``PeftModel`` wrapper:
 ``PeftModel.generate()`` calls the base model directly, so a hook on the wrapper would never gather
-the embeddings for generation.
+the embeddings for generation. The layout that uses it is :class:`molma.distributed.FSDP`.
 """
 
 from __future__ import annotations
@@ -13,30 +13,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from molma.models.blocks import transformer_blocks
 
 
 def is_peft(model: nn.Module) -> bool:
     """Whether ``model`` is a peft ``PeftModel`` (LoRA adapters that can be disabled)."""
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
-    """The decoder layers of a transformers / peft model: its longest ``nn.ModuleList``."""
-    blocks: nn.ModuleList | None = None
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (
-                blocks is None or len(module) >= len(blocks)):
-            blocks = module
-    return blocks
-
-
-def device_mesh(device: torch.device):
-    """A 1-D mesh over every process of the default group, on ``device``'s type (cpu: gloo)."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
 def shard_model(model: nn.Module, mesh, replicate: Iterable[nn.Parameter] = ()) -> nn.Module:
@@ -45,8 +29,8 @@ def shard_model(model: nn.Module, mesh, replicate: Iterable[nn.Parameter] = ()) 
     Afterwards every parameter is a ``DTensor`` holding this process's shard along dim 0; forward and
     backward gather the full weights block by block, and ``backward()`` reduce-scatters (averages)
     the gradients over processes. Parameters in ``replicate`` stay whole on every process (moved to
-    the mesh's device); FSDP does not reduce their gradients (``MultiObjectiveBackward`` with
-    ``distributed="fsdp"`` averages them), e.g. GAPO's last-layer Gramian source."""
+    the mesh's device); FSDP does not reduce their gradients (``MultiObjectiveBackward`` with the
+    :class:`~molma.distributed.FSDP` layout averages them), e.g. GAPO's last-layer Gramian source."""
     from torch.distributed.fsdp import fully_shard
 
     keep = {id(p): p for p in replicate}
@@ -91,51 +75,3 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
         for unit in units:
             unit.set_reshard_after_forward(unit is not root, recurse=False)  # as shard_model set them
             unit.reshard()
-
-
-def parameter_bytes(model: nn.Module) -> tuple[int, int]:
-    """Bytes of weights this process holds, and of the whole model (equal when not sharded)."""
-    from molma.gradients.distributed import local
-
-    held = whole = 0
-    for p in model.parameters():
-        held += local(p).numel() * p.element_size()
-        whole += p.numel() * p.element_size()
-    return held, whole
-
-
-def full_tensor(t: Tensor) -> Tensor:
-    """The whole tensor (a collective for a ``DTensor``: every process must call it, in the same order)."""
-    from molma.gradients.distributed import is_dtensor
-
-    return t.full_tensor() if is_dtensor(t) else t
-
-
-def gathered_state_dict(module: nn.Module, trainable_only: bool) -> dict[str, Tensor]:
-    """The whole state dict of a sharded module on process 0's CPU (empty elsewhere), gathered one
-    tensor at a time (every process must call). Tied weights (embeddings = LM head) are one
-    parameter: only its first name is kept, as ``named_parameters()`` and ``save_pretrained`` do for
-    an unsharded model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(module, options=StateDictOptions(
-        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only))
-    first: dict[int, str] = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if first.setdefault(id(param), name) != name:
-            state.pop(name, None)
-    return state
-
-
-def placed_like(param: Tensor, value: Tensor) -> Tensor:
-    """A whole tensor (e.g. from a checkpoint) on ``param``'s device and dtype; this process's shard
-    of it when ``param`` is sharded. Every process holds ``value`` whole, so each slices its shard
-    locally (no communication)."""
-    from molma.gradients.distributed import is_dtensor
-
-    value = value.to(param.device, param.dtype)
-    if not is_dtensor(param):
-        return value
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -36,8 +35,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from molma.atomic import atomic_folder
 from molma.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, UNIT, Range, check_ranges, to_dict
 from molma.data.records import PreferencePair
+from molma.environment import package_versions
 from molma.models import DEFAULT_MODEL, LoraSettings
 from molma.rewards.data import TRAINING_PAIRS_FILE, load_pairs, training_record, validate_pairs
 from molma.rewards.model import (
@@ -63,18 +64,18 @@ class RewardTrainConfig:
     """Backbone: builtin ``smollm2-135m-instruct``, a hub id or a local folder (causal LM or encoder)."""
     output_dir: str | None = None
     """Checkpoint folder; default ``runs/rm-<objective>``."""
-    data_format: str = "auto"
+    data_format: str = "auto"  # format of data: auto (from the fields), hh, pku, shp or columns
     limit: int | None = None
     """Use at most this many pairs (after slicing)."""
     skip_invalid: bool = False
     """Skip bad pairs (with a warning) instead of stopping at the first one."""
     eval_data: str | None = None
     """Held-out pairs for the final accuracy; when None, ``eval_fraction`` of ``data`` is held out."""
-    eval_fraction: float = 0.1
+    eval_fraction: float = 0.1  # share of data held out for the final accuracy (when eval_data is None)
     max_length: int = 512
     """Tokens per dialogue; longer ones lose the start of the prompt (the response is kept)."""
 
-    finetune: Literal["full", "lora"] = "full"
+    finetune: Literal["full", "lora"] = "full"  # train all weights, or LoRA adapters (see lora)
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA adapters (``finetune: lora``); merged into the weights when saving."""
     num_layers: int | None = None
@@ -83,30 +84,35 @@ class RewardTrainConfig:
     """Train only the top N transformer layers (+ final norm and head); embeddings and lower layers are
     frozen. With LoRA, adapters go on those layers only. None = all layers."""
 
-    epochs: float = 1.0
-    batch_size: int = 28
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-5
+    epochs: float = 1.0  # passes over the training pairs (paper: 1)
+    batch_size: int = 28  # pairs per step (paper: 28)
+    gradient_accumulation_steps: int = 1  # batches summed per optimizer step
+    learning_rate: float = 1e-5  # peak learning rate, cosine decay to min_lr_ratio of it (paper: 1e-5)
     head_learning_rate: float | None = None
     """Learning rate of the freshly initialised scalar head (None = ``learning_rate``)."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at this fraction of the learning rate."""
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_epsilon: float = 1e-5
-    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.0  # linear warm-up (fraction of the steps)
+    weight_decay: float = 0.0  # AdamW weight decay (paper: 0)
+    adam_beta1: float = 0.9  # AdamW beta1 (paper: 0.9)
+    adam_beta2: float = 0.95  # AdamW beta2 (paper: 0.95)
+    adam_epsilon: float = 1e-5  # AdamW eps (paper: 1e-5)
+    max_grad_norm: float = 1.0  # gradient-norm clipping (paper: 1.0)
     center_rewards_coefficient: float | None = None
     """Optional penalty pushing mean rewards to 0 (TRL; e.g. 0.01). Not in the paper."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations: less memory, slower
     group_by_length: bool = True
     """Batch pairs of similar length together (random order of batches): much less padding on CPU."""
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = 0  # data order, held-out split, head initialisation
+    device: str = "cpu"  # cpu or cuda
     precision: str = "auto"
     """Mixed precision of training forwards (auto: bf16 where the hardware has it); weights stay float32."""
-    logging_steps: int = 10
+    logging_steps: int = 10  # steps between log lines (and report_to points)
+    report_to: str | list[str] = "none"
+    """Where training logs go besides the console: tensorboard (``OUTPUT_DIR/tensorboard/``), wandb (needs
+    the wandb package), none, or a list such as ``[tensorboard, wandb]``."""
+    push_to_hub: str | None = None
+    """Upload the saved reward model to this Hugging Face Hub repository (OWNER/NAME); needs a token."""
 
     # the valid range of every numeric field; NaN and inf never
     RANGES: ClassVar[dict[str, Range]] = {
@@ -124,6 +130,12 @@ class RewardTrainConfig:
         if not self.objective.strip():
             raise ValueError("objective must not be empty")
         check_ranges(self)
+        from molma.hub import check_repo_id
+        from molma.tracking import normalize_report_to
+
+        normalize_report_to(self.report_to)
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub)
         if None not in (self.train_top_layers, self.num_layers) and self.train_top_layers > self.num_layers:
             raise ValueError(f"train_top_layers ({self.train_top_layers}) > num_layers ({self.num_layers})")
 
@@ -149,14 +161,13 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def transformer_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
-    """The (name, ModuleList) of the transformer blocks: the longest ModuleList in the model."""
-    best: tuple[str, torch.nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best[1])):
-            best = (name, module)
-    if best is None or len(best[1]) == 0:
+    """The (name, ModuleList) of the transformer blocks (:func:`molma.models.named_transformer_blocks`)."""
+    from molma.models.blocks import named_transformer_blocks
+
+    found = named_transformer_blocks(model)
+    if found is None:
         raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
-    return best
+    return found
 
 
 def head_modules(model: torch.nn.Module) -> list[str]:
@@ -324,26 +335,6 @@ def _split(pairs: list[PreferencePair], fraction: float,
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
-def _save_atomic(target: Path, write) -> None:
-    """``write(tmpdir)`` then move the folder into place (an older folder is replaced only at the end)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    old = None
-    try:
-        write(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _checkpointing_arg(args_cls: type, enabled: bool) -> dict[str, bool]:
     """Activation checkpointing flag under its current name (transformers renamed it; TRL defaults it on)."""
     import dataclasses
@@ -363,16 +354,6 @@ def _sampling_arg(args_cls: type, by_length: bool) -> dict[str, Any]:
     return {"group_by_length": by_length}
 
 
-def _versions() -> dict[str, str]:
-    import transformers
-    import trl
-
-    import molma
-
-    return {"molma": molma.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__}
-
-
 def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair] | None = None) -> Path:
     """Train the reward model described by ``config`` and save it; returns the output folder.
 
@@ -384,9 +365,17 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
     from trl import RewardConfig
 
     from molma.data import DataFormatError
+    from molma.logs import ensure_progress_logging
     from molma.rewards.evaluate import evaluate_reward_model
+    from molma.tracking import Tracker, check_available
 
+    ensure_progress_logging()
     t_start = time.perf_counter()
+    check_available(config.report_to)  # before any data or model loads
+    if config.push_to_hub:
+        from molma.hub import check_token
+
+        check_token(config.push_to_hub)
     set_seed(config.seed)
     source = "<pairs>" if pairs is not None else config.data
     try:
@@ -447,7 +436,16 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         **_sampling_arg(RewardConfig, config.group_by_length),
     )
     Trainer, LogLine = _trainer_classes()
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import ProgressCallback, TrainerCallback
+
+    logs_dir = Path(tempfile.mkdtemp(prefix=".rm-logs-"))  # copied into the saved folder (report_to)
+    tracker = Tracker(config.report_to, logs_dir / "tensorboard", run_name=f"rm-{config.objective}",
+                      config=to_dict(config))
+
+    class Track(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                tracker.log({f"train/{k}": v for k, v in logs.items()}, state.global_step)
 
     try:
         trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -456,9 +454,15 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         trainer.epoch_correct = {}
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(LogLine)
+        if tracker:
+            trainer.add_callback(Track)
         t_train = time.perf_counter()
         result = trainer.train()
         train_seconds = time.perf_counter() - t_train
+    except BaseException:
+        tracker.close()
+        shutil.rmtree(logs_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -477,6 +481,9 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         log.info("held-out accuracy %.1f %% on %d pairs (ties %d), margin %+.3f +- %.3f",
                  100 * eval_result["accuracy"], eval_result["n"], eval_result["ties"],
                  eval_result["margin"]["mean"], eval_result["margin"]["std"])
+        tracker.log({"eval/accuracy": eval_result["accuracy"], "eval/margin": eval_result["margin"]["mean"]},
+                    trainer.state.global_step)
+    tracker.close()
 
     tokenizer.padding_side = "right"
     tokenizer.truncation_side = "left"
@@ -502,7 +509,7 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "config": to_dict(config),
-        "versions": _versions(),
+        "versions": package_versions(("molma", "torch", "transformers", "trl")),
         "loss": "eq. 3.2: -log(sigmoid(r(x, y_chosen) - r(x, y_rejected)))",
         "scoring": scoring_record(tokenizer),
     }
@@ -516,7 +523,18 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         (folder / TRAINING_PAIRS_FILE).write_text(json.dumps(training_record(train_pairs)) + "\n",
                                                   encoding="utf-8")
         write_reward_model_card(folder, metadata)
+        for name in ("tensorboard", "wandb"):  # report_to's local files
+            if (logs_dir / name).is_dir():
+                shutil.copytree(logs_dir / name, folder / name)
 
-    _save_atomic(out, write)
+    try:
+        with atomic_folder(out) as tmp:  # an older folder is replaced only at the end
+            write(tmp)
+    finally:
+        shutil.rmtree(logs_dir, ignore_errors=True)
     log.info("saved reward model %r to %s (%.0f s in all)", config.objective, out, metadata["total_seconds"])
+    if config.push_to_hub:
+        from molma.hub import push_folder
+
+        push_folder(out, config.push_to_hub, commit_message=f"molma: reward model {config.objective!r}")
     return out

@@ -15,11 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from molma.atomic import atomic_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +65,15 @@ def save_checkpoint(root: Path, iteration: int, tensors: dict[str, dict[str, tor
     """Write ``root/iter-NNNNNN`` atomically and point ``root/latest`` at it.
 
     ``optimizer_state``: ``optimizer.state_dict()``, or a full (gathered) one for sharded training."""
-    root.mkdir(parents=True, exist_ok=True)
     target = root / f"iter-{iteration:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    with atomic_folder(target) as tmp:  # a folder of the same iteration is replaced only at the end
         for name, state in tensors.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
         torch.save({"optimizer": optimizer_state, "rng": rng_state()}, tmp / "state.pt")
         _write_json(tmp / "meta.json", {**meta, "iteration": iteration})
         sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / CHECKSUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = root / ".latest.tmp"
-    pointer.write_text(target.name)
-    os.replace(pointer, root / "latest")
+    write_text_atomic(root / "latest", target.name)
     return target
 
 

@@ -8,12 +8,17 @@ from the logits at column ``P + t - 1``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import LogitsProcessorList
 
 from molma.rl.sampling import GumbelSampler, row_seed
+
+if TYPE_CHECKING:
+    from molma.distributed import Layout
 
 
 @dataclass
@@ -47,6 +52,26 @@ class Batch:
     def select(self, idx: Tensor) -> Batch:
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.prompt_len, self.response_mask[idx])
 
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.prompt_len,
+                     self.response_mask.to(device))
+
+
+def batch_from_ids(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> Batch:
+    """The :class:`Batch` layout of token-id lists: prompts left-padded to the longest, responses
+    right-padded to the longest (padding masked; the response mask covers every given response token)."""
+    P = max((len(p) for p in prompt_ids), default=0)
+    T = max((len(r) for r in response_ids), default=0)
+    B = len(prompt_ids)
+    input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + T), dtype=torch.long)
+    response_mask = torch.zeros((B, T))
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        input_ids[i, P - len(p):P + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[i, P - len(p):P + len(r)] = 1
+        response_mask[i, :len(r)] = 1.0
+    return Batch(input_ids, attention_mask, P, response_mask)
+
 
 def response_mask_from_ids(response_ids: Tensor, stop_ids: set[int]) -> Tensor:
     """1 on every response token up to and including the first stop token, 0 after it."""
@@ -58,11 +83,13 @@ def response_mask_from_ids(response_ids: Tensor, stop_ids: set[int]) -> Tensor:
 
 
 def tokenize_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> dict[str, Tensor]:
-    """Left-padded, left-truncated prompt batch (the end of a long dialogue is what matters)."""
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"
-    return tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                     max_length=max_prompt_tokens, add_special_tokens=False)
+    """Left-padded, left-truncated prompt batch (the end of a long dialogue is what matters); the
+    tokenizer's own padding and truncation sides are left as they were."""
+    from molma.models.loading import tokenizer_sides
+
+    with tokenizer_sides(tokenizer, padding="left", truncation="left"):
+        return tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                         max_length=max_prompt_tokens, add_special_tokens=False)
 
 
 @torch.no_grad()
@@ -159,3 +186,44 @@ def sequence_logprobs(model, batch: Batch, return_hidden: bool = False) -> tuple
     logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     hidden = out.hidden_states[-1][:, batch.prompt_len - 1:-1] if return_hidden else None
     return logp * batch.response_mask, hidden
+
+
+def pad_batch(batch: Batch, prompt_len: int, response_len: int, pad_id: int) -> Batch:
+    """The same sequences with the prompt left-padded to ``prompt_len`` and the response right-padded
+    to ``response_len`` (padding is masked, positions count real tokens, so the model sees the same)."""
+    left = prompt_len - batch.prompt_len
+    right = response_len - batch.response_mask.shape[1]
+    if left == 0 and right == 0:
+        return batch
+    ids = F.pad(batch.input_ids, (left, right), value=pad_id)
+    attn = F.pad(batch.attention_mask, (left, right), value=0)
+    return Batch(ids, attn, prompt_len, F.pad(batch.response_mask, (0, right), value=0.0))
+
+
+def pad_tokens(x: Tensor | None, response_len: int, dim: int = -1) -> Tensor | None:
+    """Right-pad a per-response-token tensor with zeros along ``dim`` to ``response_len``."""
+    if x is None:
+        return None
+    dim = dim % x.dim()
+    right = response_len - x.shape[dim]
+    if right == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, right]
+    return F.pad(x, pad, value=0.0)
+
+
+def gather_rollout(layout: Layout, pad_id: int, batch: Batch, logp_old: Tensor, logp_ref: Tensor,
+                   ref_hidden: Tensor | None, values_old: Tensor | None, scores: Tensor, responses: list[str]) -> tuple:
+    """Every process's rollout rows (``layout.rows``), padded to common lengths and concatenated in
+    rank order, so that every process holds the whole experience (one process: unchanged).
+    ``values_old`` is None without a critic (grpo / rloo) and stays None."""
+    P = layout.all_max(batch.prompt_len)
+    T = layout.all_max(batch.response_mask.shape[1])
+    mine = pad_batch(batch, P, T, pad_id)
+    full = Batch(layout.gather(mine.input_ids), layout.gather(mine.attention_mask), P,
+                 layout.gather(mine.response_mask))
+    hidden = None if ref_hidden is None else layout.gather(pad_tokens(ref_hidden, T, dim=1))
+    return (full, layout.gather(pad_tokens(logp_old, T)), layout.gather(pad_tokens(logp_ref, T)), hidden,
+            None if values_old is None else layout.gather(pad_tokens(values_old, T), dim=1),
+            layout.gather(scores, dim=1),
+            layout.gather_objects(responses))

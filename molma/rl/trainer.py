@@ -6,21 +6,26 @@ One iteration, top to bottom (see :meth:`MultiObjectiveTrainer.run_iteration`):
   2. score     every objective scores every response: r in R^{K x B}
   3. shape     WHITEN(LOGIT(r)) per objective (eq. 3.4), - beta * KL per token (eq. 3.3);
                SO baselines scalarise here instead (eq. 4.1 / 4.2)
-  4. critic    values from K heads, GAE per objective
-  5. update    per mini-batch: K losses APA_k (eq. 3.5) or PPO_k from ONE policy forward, value
-               losses (eq. 3.6); K gradients combined by molma.gradients (Aligned-MTL for MOLMA,
-               GAPO / P-GAPO, any registered weighting); AdamW step
+  4. critic    values from K heads, GAE per objective; or, for the critic-free losses (grpo / rloo: no
+               critic is built), per-objective advantages from each prompt's group of group_size
+               responses (molma.rl.group_advantages)
+  5. update    per mini-batch: K losses APA_k (eq. 3.5), PPO_k or GRPO_k from ONE policy forward, value
+               losses (eq. 3.6) when there is a critic; K gradients combined by molma.gradients
+               (Aligned-MTL for MOLMA, GAPO / P-GAPO, any registered weighting); AdamW step
+
+The loss (apa | ppo | grpo | rloo) and the combiner (a gradient method, a scalarisation, TRL's
+aggregations, Safe RLHF's Lagrangian) are chosen apart: steps 3-4 give advantages [K, B, T] (K = 1 after
+a scalarisation), step 5 turns them into K losses with the configured loss and combines them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +34,13 @@ import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from molma import distributed
+from molma.atomic import atomic_folder, write_text_atomic
 from molma.config import to_dict
 from molma.data.chat import render_prompt
-from molma.gradients import distributed as mdist
-from molma.gradients.backward import last_layer_parameters
+from molma.models.blocks import last_layer_parameters
 from molma.models.precision import autocast, resolve_precision
-from molma.models.sharding import (
-    device_mesh,
-    full_tensor,
-    gathered,
-    gathered_state_dict,
-    is_peft,
-    parameter_bytes,
-    placed_like,
-    shard_model,
-)
-from molma.rl import parallel
+from molma.models.sharding import is_peft
 from molma.rl.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -55,12 +51,16 @@ from molma.rl.checkpoint import (
 from molma.rl.config import TrainConfig
 from molma.rl.critic import Critic
 from molma.rl.gae import gae, masked_mean, masked_whiten
+from molma.rl.group_advantages import grpo_advantages, rloo_advantages, trl_multi_reward_advantages
+from molma.rl.group_losses import group_policy_loss, sequence_kl_penalty
+from molma.rl.lagrangian import LagrangeMultiplier, lagrangian_advantages
 from molma.rl.losses import apa_loss, ppo_loss, value_loss
 from molma.rl.prompts import sample_batch, train_heldout_pools
 from molma.rl.rollout import (
     Batch,
     GenerationSettings,
     finished_responses,
+    gather_rollout,
     generate,
     seen_prompt,
     sequence_logprobs,
@@ -68,6 +68,17 @@ from molma.rl.rollout import (
 from molma.rl.shaping import scalarize, shape_objective_rewards, token_rewards
 
 log = logging.getLogger(__name__)
+
+#: Each iteration's random streams are seeded ``seed * multiplier + iteration``, a different prime per
+#: stream, so that the streams of one run, and of runs with nearby seeds, do not share seeds.
+PROMPT_SEED_MULTIPLIER = 1_000_003  # which prompts the experience holds (rl.prompts.sample_batch)
+SAMPLING_SEED_MULTIPLIER = 7_919  # the rollout's per-row Gumbel streams (rl.sampling)
+MINIBATCH_SEED_MULTIPLIER = 104_729  # the order of the rows in the update's mini-batches
+
+
+def iteration_seed(seed: int, multiplier: int, iteration: int) -> int:
+    """The seed of one random stream in one iteration (see ``*_SEED_MULTIPLIER``)."""
+    return seed * multiplier + iteration
 
 
 class TrainingDivergedError(RuntimeError):
@@ -84,10 +95,11 @@ class Experience:
     logp_old: Tensor  # [B, T] rollout policy
     logp_ref: Tensor  # [B, T] frozen initial policy pi_0
     ref_hidden: Tensor | None  # [B, T, H] for a frozen-backbone critic
-    advantages: Tensor  # [Kr, B, T]
-    returns: Tensor  # [Kr, B, T]
+    advantages: Tensor  # [Kp, B, T]: one per policy loss (K, or 1 after a scalarisation)
+    returns: Tensor | None  # [Kv, B, T]: one per value head; None without a critic (grpo / rloo)
     kl: Tensor  # [B, T]
     rollout_counts: Tensor  # [unfinished responses, left-truncated prompts, rows] over all processes
+    stats: dict[str, float] = field(default_factory=dict)  # per-iteration extras (safe-rlhf: lambda, cost)
 
 
 class MultiObjectiveTrainer:
@@ -98,27 +110,21 @@ class MultiObjectiveTrainer:
     """
 
     def __init__(self, config: TrainConfig, *, policy=None, tokenizer=None, objectives=None,
-                 prompt_pools: tuple[dict, dict] | None = None) -> None:
+                 prompt_pools: tuple[dict, dict] | None = None,
+                 layout: distributed.Layout | None = None) -> None:
         self.cfg = config
         self.out = Path(config.out)
-        parallel.init_from_env()  # under torchrun / accelerate launch: join the process group
-        self.world, self.rank = mdist.world_size(), parallel.rank()
+        # under torchrun / accelerate launch: join the process group; one process, data parallel or FSDP
+        self.layout = layout or distributed.from_env(config.device, config.fsdp, config.fsdp_gather_for_generation)
+        self.world, self.rank = self.layout.world, self.layout.rank
         for name in ("experience_size", "minibatch_size"):
             if getattr(config, name) % self.world:
                 raise ValueError(f"{name} ({getattr(config, name)}) must be divisible by the number of "
                                  f"processes ({self.world})")
-        self.device = parallel.device_for(config.device)
-        if self.device.type == "cuda":  # NCCL collectives and FSDP's mesh use the current device
-            torch.cuda.set_device(self.device)
-        self.sharded = config.fsdp and self.world > 1
+        self.device = self.layout.device
         self.precision = resolve_precision(config.precision, self.device)
         log.info("precision: %s (config: %s)", self.precision, config.precision)
-        if config.fsdp and not self.sharded:
-            log.warning("fsdp: true needs several processes (torchrun / accelerate launch); training "
-                        "unsharded on this one")
-        # sharded: build on the CPU; fully_shard moves each block's shard to the device (a GPU never
-        # holds more than one whole block of policy, reference or critic)
-        build_device = torch.device("cpu") if self.sharded else self.device
+        build_device = self.layout.build_device
         torch.manual_seed(config.seed)
         if policy is None:
             from molma.models import load_model
@@ -157,32 +163,40 @@ class MultiObjectiveTrainer:
         self.names = [o.name for o in self.objectives]
         if config.multi_objective and len(self.objectives) < 2:
             raise ValueError(f"{config.algo} needs >= 2 objectives")
-        self.n_reward = len(self.objectives) if config.multi_objective else 1
+        # safe-rlhf: a reward and a cost stream (two value heads), combined by the Lagrange multiplier
+        self.multiplier: LagrangeMultiplier | None = None
+        if config.scalarization == "lagrangian":
+            cost = config.cost_objective or config.safe_objective
+            for name in (config.help_objective, cost):
+                if name not in self.names:
+                    raise ValueError(f"{config.algo}: objective {name!r} not among {self.names}")
+            self.multiplier = LagrangeMultiplier(config.cost_limit, config.lambda_lr, config.lambda_init,
+                                                 config.lambda_max)
+            self.stream_names = [config.help_objective, f"cost:{cost}"]
+        else:
+            self.stream_names = self.names if config.multi_objective else [config.algo]
+        self.n_reward = len(self.stream_names)
         # prompts
         self.train_pools, self.heldout_pools = prompt_pools or train_heldout_pools(
-            config.prompts, config.heldout_fraction, seed=config.seed)
-        # critic: K value heads (one for SO baselines), initialised from the reference
-        self.critic = Critic.from_reference(base_lm, self.n_reward, config.critic_backbone,
-                                            config.lora).to(build_device)
-        if self.sharded:  # FSDP2: every process keeps 1/R of each weight (molma.models.sharding)
-            mesh = device_mesh(self.device)
-            # GAPO's last-layer Gramian ("subset") needs that layer's trainable weights whole
-            subset = config.multi_objective and config.gradient_mode == "subset"
-            shard_model(self.policy, mesh, replicate=last_layer_parameters(self.policy) if subset else ())
-            for module in (self.reference, self.critic):
-                if module is not None:
-                    shard_model(module, mesh)
-            sizes = [parameter_bytes(m) for m in (self.policy, self.reference, self.critic) if m is not None]
-            log.info("fsdp: policy%s and critic sharded over %d processes; this one holds %.0f of %.0f MB "
-                     "of their weights", "" if self.reference is None else ", reference", self.world,
-                     sum(h for h, _ in sizes) / 2**20, sum(w for _, w in sizes) / 2**20)
+            config.prompts, config.heldout_fraction, seed=config.seed, first_turn=config.first_turn)
+        # critic: K value heads (one for SO baselines), initialised from the reference; none at all for the
+        # critic-free losses (grpo / rloo): not built, run, optimised or checkpointed
+        self.critic: Critic | None = None
+        if config.needs_critic:
+            self.critic = Critic.from_reference(base_lm, self.n_reward, config.critic_backbone,
+                                                config.lora).to(build_device)
+        # FSDP: every process keeps 1/R of each weight (other layouts: nothing to do); GAPO's
+        # last-layer Gramian ("subset") needs that layer's trainable weights whole
+        subset = config.multi_objective and config.gradient_mode == "subset"
+        self.layout.shard((self.policy, self.reference, self.critic),
+                          replicate=last_layer_parameters(self.policy) if subset else ())
         self.policy_params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.critic_params = self.critic.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(
-            [{"params": self.policy_params, "lr": config.lr},
-             {"params": self.critic_params, "lr": config.critic_lr or config.lr}],
-            betas=tuple(config.adam_betas), eps=config.adam_eps, weight_decay=config.weight_decay,
-        )
+        self.critic_params = self.critic.trainable_parameters() if self.critic is not None else []
+        groups = [{"params": self.policy_params, "lr": config.lr}]
+        if self.critic is not None:
+            groups.append({"params": self.critic_params, "lr": config.critic_lr or config.lr})
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(config.adam_betas), eps=config.adam_eps,
+                                           weight_decay=config.weight_decay)
         self.engine = self._make_engine() if config.multi_objective else None
         self.gen = GenerationSettings(config.max_new_tokens, config.temperature, config.top_p, config.top_k,
                                       True, config.max_prompt_tokens)
@@ -201,9 +215,8 @@ class MultiObjectiveTrainer:
             kwargs["p"] = cfg.gapo_p
         if cfg.gradient_mode == "subset":
             kwargs["subset_params"] = last_layer_parameters(self.policy)
-        layout = "fsdp" if self.sharded else "data" if self.world > 1 else "none"
         return MultiObjectiveBackward(params, cfg.gradient_method, mode=cfg.gradient_mode,
-                                      clip_norm=cfg.clip_norm, distributed=layout, **kwargs)
+                                      clip_norm=cfg.clip_norm, layout=self.layout, **kwargs)
 
     @property
     def importance(self) -> Tensor | None:
@@ -223,19 +236,20 @@ class MultiObjectiveTrainer:
     @torch.no_grad()
     def collect(self, iteration: int) -> tuple[Experience, dict[str, float]]:
         """Steps 1-4: rollout, score, shape, GAE. With R processes each rolls out its B / R rows and the
-        rollout is gathered (molma.rl.parallel), so every process shapes the same global batch."""
+        rollout is gathered (the layout, molma.distributed), so every process shapes the same global batch."""
         cfg = self.cfg
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        prompts = sample_batch(self.train_pools, cfg.prompt_mix, cfg.experience_size,
-                               seed=cfg.seed * 1_000_003 + iteration)
-        rows = list(parallel.shard(len(prompts), self.world, self.rank))
+        group = cfg.group_samples  # each prompt group_size times, its responses next to each other
+        prompts = sample_batch(self.train_pools, cfg.prompt_mix, cfg.experience_size // group,
+                               seed=iteration_seed(cfg.seed, PROMPT_SEED_MULTIPLIER, iteration))
+        prompts = [p for p in prompts for _ in range(group)]
+        rows = list(self.layout.rows(len(prompts)))
         texts = [render_prompt(self.tokenizer, prompts[i].text) for i in rows]
-        gather = self.sharded and cfg.fsdp_gather_for_generation
-        with gathered(self.policy) if gather else contextlib.nullcontext(), autocast(self.policy, self.precision):
+        with self.layout.generating(self.policy), autocast(self.policy, self.precision):
             batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
-                                       seed=cfg.seed * 7_919 + iteration, rows=rows,
-                                       synced=self.sharded and not gather)
+                                       seed=iteration_seed(cfg.seed, SAMPLING_SEED_MULTIPLIER, iteration), rows=rows,
+                                       synced=self.layout.synced_generation)
         responses = self.tokenizer.batch_decode(
             batch.response_ids.masked_fill(batch.response_mask == 0, self.tokenizer.pad_token_id),
             skip_special_tokens=True)
@@ -260,81 +274,127 @@ class MultiObjectiveTrainer:
         # [unfinished responses, left-truncated prompts, rows], over every process
         counts = torch.tensor([float((~finished).sum()), float(sum(n > cfg.max_prompt_tokens for n in n_rendered)),
                                float(len(texts))], device=self.device)
-        if self.world > 1:
-            counts = mdist.all_reduce_sum(counts)
+        counts = self.layout.all_reduce_sum(counts)
 
         t2 = time.perf_counter()
-        logp_ref, ref_hidden = self._reference_logprobs(batch, hidden=self.critic.frozen)
-        with autocast(self.critic, self.precision):
-            values_old = self.critic(batch, ref_hidden)
-        if self.world > 1:
-            batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses = self._gather_rollout(
-                batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses)
+        frozen_critic = self.critic is not None and self.critic.frozen
+        logp_ref, ref_hidden = self._reference_logprobs(batch, hidden=frozen_critic)
+        values_old = None
+        if self.critic is not None:
+            with autocast(self.critic, self.precision):
+                values_old = self.critic(batch, ref_hidden)
+        batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses = gather_rollout(
+            self.layout, self.tokenizer.pad_token_id, batch, logp_old, logp_ref, ref_hidden, values_old, scores,
+            responses)
         prompt_texts = [p.text for p in prompts]
         mask = batch.response_mask
         kl = (logp_old - logp_ref) * mask
-        if cfg.multi_objective:
-            seq_reward = shape_objective_rewards(scores, cfg.logit_eps)
-        else:
-            seq_reward = scalarize(scores, self.names, cfg.scalarization, help_name=cfg.help_objective,
-                                   safe_name=cfg.safe_objective, weights=cfg.importance,
-                                   piecewise_delta=cfg.piecewise_delta, eps=cfg.logit_eps).unsqueeze(0)
-        rewards = token_rewards(seq_reward, kl, mask, cfg.beta)
-        advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.gae_lambda)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        stats: dict[str, float] = {}
+        advantages, returns = self._advantages(scores, logp_old, logp_ref, kl, mask, values_old, stats)
         times["reference"] = time.perf_counter() - t2
         exp = Experience(prompt_texts, [p.tag for p in prompts], responses, batch, scores, logp_old,
-                         logp_ref, ref_hidden, advantages, returns, kl, counts)
+                         logp_ref, ref_hidden, advantages, returns, kl, counts, stats)
         return exp, times
 
-    def _gather_rollout(self, batch: Batch, logp_old: Tensor, logp_ref: Tensor, ref_hidden: Tensor | None,
-                        values_old: Tensor, scores: Tensor, responses: list[str]) -> tuple:
-        """Every process's rollout rows, padded to common lengths and concatenated in rank order."""
-        P = parallel.all_max(batch.prompt_len, self.device)
-        T = parallel.all_max(batch.response_mask.shape[1], self.device)
-        local = parallel.pad_batch(batch, P, T, self.tokenizer.pad_token_id)
-        full = Batch(parallel.all_gather_cat(local.input_ids), parallel.all_gather_cat(local.attention_mask), P,
-                     parallel.all_gather_cat(local.response_mask))
-        hidden = None if ref_hidden is None else parallel.all_gather_cat(parallel.pad_tokens(ref_hidden, T, dim=1))
-        return (full, parallel.all_gather_cat(parallel.pad_tokens(logp_old, T)),
-                parallel.all_gather_cat(parallel.pad_tokens(logp_ref, T)), hidden,
-                parallel.all_gather_cat(parallel.pad_tokens(values_old, T), dim=1),
-                parallel.all_gather_cat(scores, dim=1), parallel.all_gather_list(responses))
+    def _sequence_rewards(self, scores: Tensor, stats: dict[str, float]) -> tuple[Tensor, list[bool]]:
+        """Shaped sequence rewards [Kr, B] of the reward streams (step 3), and which streams carry the KL
+        penalty when it is in the reward. MO: WHITEN(LOGIT(r_k)) per objective; SO: the scalarisation;
+        safe-rlhf: (reward, - cost), the KL on the reward only (as in Dai et al. 2023), and the multiplier's
+        dual-ascent step on this iteration's mean raw cost (before the update, as safe-rlhf does)."""
+        cfg = self.cfg
+        if cfg.multi_objective:
+            return shape_objective_rewards(scores, cfg.logit_eps), [True] * len(self.names)
+        if self.multiplier is not None:
+            reward = shape_objective_rewards(scores[self.names.index(cfg.help_objective)].unsqueeze(0), cfg.logit_eps)
+            if cfg.cost_objective is not None:  # a cost model: higher = less safe
+                raw_cost = scores[self.names.index(cfg.cost_objective)]
+                safety = -shape_objective_rewards(raw_cost.unsqueeze(0), cfg.logit_eps)
+            else:  # the negative of the safety reward model's score
+                raw_cost = -scores[self.names.index(cfg.safe_objective)]
+                safety = shape_objective_rewards(-raw_cost.unsqueeze(0), cfg.logit_eps)
+            self.multiplier.update(raw_cost.double().cpu())
+            stats["lagrange/lambda"] = self.multiplier.value  # what this iteration's advantages use
+            stats["lagrange/cost"] = raw_cost.mean().item()
+            stats["lagrange/cost_limit"] = cfg.cost_limit
+            return torch.cat([reward, safety]), [True, False]
+        seq = scalarize(scores, self.names, cfg.scalarization, help_name=cfg.help_objective,
+                        safe_name=cfg.safe_objective, weights=cfg.importance,
+                        piecewise_delta=cfg.piecewise_delta, eps=cfg.logit_eps).unsqueeze(0)
+        return seq, [True]
 
-    def _minibatch_losses(self, exp: Experience, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """K policy losses and K value losses from one policy forward and one critic forward.
+    def _advantages(self, scores: Tensor, logp_old: Tensor, logp_ref: Tensor, kl: Tensor, mask: Tensor,
+                    values_old: Tensor | None, stats: dict[str, float]) -> tuple[Tensor, Tensor | None]:
+        """Advantages [Kp, B, T] for the policy losses and returns [Kv, B, T] for the value heads (None
+        without a critic). apa / ppo: GAE on per-token rewards (eq. 3.3); grpo / rloo: per-objective group
+        advantages of the sequence rewards, broadcast over the response tokens; trl-grpo-*: TRL's
+        scalarised advantage of the raw scores; safe-rlhf: (A_R - lambda A_C) / (1 + lambda)."""
+        cfg = self.cfg
+        group = cfg.group_samples
+        if cfg.scalarization is not None and cfg.scalarization.startswith("trl:"):
+            # TRL combines the raw reward-function outputs, weighted by reward_weights (= importance)
+            adv = trl_multi_reward_advantages(scores.T.double(), group, cfg.importance,
+                                              cfg.scalarization.split(":", 1)[1]).to(logp_old.dtype)
+            return adv.view(1, -1, 1) * mask, None
+        seq_reward, kl_streams = self._sequence_rewards(scores, stats)
+        if self.critic is None:  # grpo / rloo
+            seq = seq_reward.T.double()  # [B, Kr], each prompt's group contiguous
+            if cfg.kl_placement == "reward":
+                penalised = sequence_kl_penalty(seq, logp_old.double(), logp_ref.double(), mask, cfg.beta)
+                keep = torch.tensor(kl_streams, device=seq.device)
+                seq = torch.where(keep, penalised, seq)
+            adv_fn = grpo_advantages if cfg.policy_loss == "grpo" else rloo_advantages
+            adv = adv_fn(seq, group).T.to(logp_old.dtype)  # [Kr, B]
+            advantages, returns = adv.unsqueeze(-1) * mask, None
+        else:
+            rewards = token_rewards(seq_reward, kl, mask, cfg.beta)
+            for k, penalised in enumerate(kl_streams):
+                if not penalised:
+                    rewards[k] = token_rewards(seq_reward[k], kl, mask, 0.0)
+            advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.gae_lambda)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        if self.multiplier is not None:  # the safety stream is - cost: A_C = - A_safety
+            advantages = lagrangian_advantages(advantages[:1], -advantages[1:], stats["lagrange/lambda"])
+        return advantages, returns
+
+    def _minibatch_losses(self, exp: Experience, idx: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """K policy losses and K value losses (None without a critic) from one policy forward and one
+        critic forward.
 
         With R processes, ``idx`` is the global mini-batch and this process takes every R-th row; its
         token sums are divided by the global token count times R, so that the mean over processes (what
         the gradient engine averages) is exactly the 1-process token mean."""
         cfg = self.cfg
-        scale = 1.0
-        if self.world > 1:
-            n_global = exp.batch.response_mask[idx].sum().clamp(min=1.0)
-            idx = idx[self.rank::self.world]
-            scale = float(exp.batch.response_mask[idx].sum().clamp(min=1.0) / n_global) * self.world
+        idx, scale = self.layout.minibatch_share(idx, exp.batch.response_mask)
         mb = exp.batch.select(idx)
         with autocast(self.policy, self.precision):  # losses below are computed in float32
             logp, _ = sequence_logprobs(self.policy, mb)
         adv = exp.advantages[:, idx]
         if cfg.policy_loss == "apa":
             policy_losses = apa_loss(logp, exp.logp_ref[idx], adv, mb.response_mask, cfg.apa_lambda)
-        else:
+        elif cfg.policy_loss == "ppo":
             policy_losses = ppo_loss(logp, exp.logp_old[idx], adv, mb.response_mask, cfg.ppo_clip)
-        hidden = exp.ref_hidden[idx] if exp.ref_hidden is not None else None
-        with autocast(self.critic, self.precision):
-            values = self.critic(mb, hidden)
-        value_losses = value_loss(values, exp.returns[:, idx], mb.response_mask)
+        else:  # grpo / rloo: token-level clipped surrogate, + beta * k3 KL per token with kl_penalty: loss
+            in_loss = cfg.kl_placement == "loss" and cfg.beta > 0
+            policy_losses = group_policy_loss(logp, exp.logp_old[idx], adv, mb.response_mask, clip=cfg.group_clip,
+                                              logp_ref=exp.logp_ref[idx] if in_loss else None,
+                                              beta=cfg.beta if in_loss else 0.0)
+        value_losses = None
+        if self.critic is not None:
+            hidden = exp.ref_hidden[idx] if exp.ref_hidden is not None else None
+            with autocast(self.critic, self.precision):
+                values = self.critic(mb, hidden)
+            value_losses = value_loss(values, exp.returns[:, idx], mb.response_mask)
         if scale != 1.0:
-            policy_losses, value_losses = policy_losses * scale, value_losses * scale
+            policy_losses = policy_losses * scale
+            value_losses = value_losses * scale if value_losses is not None else None
         return policy_losses, value_losses, logp
 
     def update(self, exp: Experience, iteration: int) -> dict[str, float]:
         """Step 5: one gradient step per mini-batch, K gradients combined by the gradient engine."""
         cfg = self.cfg
         B = len(exp.prompts)
-        gen = torch.Generator().manual_seed(cfg.seed * 104_729 + iteration)
+        gen = torch.Generator().manual_seed(iteration_seed(cfg.seed, MINIBATCH_SEED_MULTIPLIER, iteration))
         sums: dict[str, float] = {}
         count = 0
         for _ in range(cfg.epochs_per_iteration):
@@ -349,65 +409,83 @@ class MultiObjectiveTrainer:
                 count += 1
         return {k: v / count for k, v in sums.items()}
 
-    def _step(self, policy_losses: Tensor, value_losses: Tensor, logp: Tensor) -> dict[str, Any]:
+    def _step(self, policy_losses: Tensor, value_losses: Tensor | None, logp: Tensor) -> dict[str, Any]:
         cfg = self.cfg
         stats: dict[str, Any] = {}
         labels = self.names if cfg.multi_objective else [cfg.algo]
-        logged = torch.stack([policy_losses.detach(), value_losses.detach()])
-        if self.world > 1:  # the global mini-batch's losses: mean of the processes' scaled ones
-            logged = mdist.all_reduce_sum(logged) / self.world
+        # the global mini-batch's losses: mean of the processes' scaled ones
+        values = value_losses.detach() if value_losses is not None else policy_losses.new_zeros(0)
+        logged = self.layout.mean(torch.cat([policy_losses.detach().reshape(-1), values]))
         for k, label in enumerate(labels):
-            stats[f"loss/policy/{label}"] = logged[0, k].item()
-            stats[f"loss/value/{label}"] = logged[1, k].item()
+            stats[f"loss/policy/{label}"] = logged[k].item()
+        for k, label in enumerate(self.stream_names[:len(values)]):
+            stats[f"loss/value/{label}"] = logged[len(labels) + k].item()
         finite = bool(torch.isfinite(logged).all())
         self.optimizer.zero_grad(set_to_none=True)
         if not finite:
             return self._skip("non-finite loss", stats)
         if not cfg.multi_objective:
-            (policy_losses[0] + cfg.value_coef * value_losses[0]).backward()
-            self._average_gradients(self.policy_params + self.critic_params)
-            grads = [mdist.local(p.grad) for p in self.policy_params + self.critic_params if p.grad is not None]
-            bad = not all(torch.isfinite(g).all() for g in grads)
-            if self.sharded:  # each process checked only its shard: decide together
-                bad = mdist.any_rank(bad, device=self.device)
-            if bad:
-                return self._skip("non-finite gradient", stats)
-            if cfg.clip_norm is not None:  # policy and critic clipped apart, as on the multi-objective path
-                stats["grad/norm"] = self._clip(self.policy_params)
-                self._clip(self.critic_params)
+            skipped = self._plain_update(policy_losses, value_losses, stats)
+        elif cfg.modulate_critic:
+            skipped = self._modulated_update(policy_losses, value_losses, stats)
         else:
-            if cfg.modulate_critic:
-                diag = self.engine.backward(list(policy_losses + cfg.value_coef * value_losses),
-                                            importance=self.importance)
-            else:
-                rep = logp if cfg.gradient_mode == "fast" else None
-                diag = self.engine.backward(list(policy_losses), representation=rep, importance=self.importance)
-                if diag.get("skipped"):
-                    return self._skip(str(diag["skipped"]), stats)
-                (cfg.value_coef * value_losses.sum()).backward()
-                self._average_gradients(self.critic_params)
-                if cfg.clip_norm is not None:
-                    self._clip(self.critic_params)
-            if diag.get("skipped"):
-                return self._skip(str(diag["skipped"]), stats)
-            stats.update(_flatten_diagnostics(diag, self.names))
+            skipped = self._modulated_policy_update(policy_losses, value_losses, logp, stats)
+        if skipped:
+            return self._skip(skipped, stats)
         self.optimizer.step()
         self.bad_updates = 0
         return stats
 
+    # the three update paths: each writes .grad (and its stats) or returns why the update is skipped
+    def _plain_update(self, policy_losses: Tensor, value_losses: Tensor | None,
+                      stats: dict[str, Any]) -> str | None:
+        """SO baselines (and TRL's GRPO, safe-rlhf): one backward of the policy loss plus the value losses."""
+        cfg = self.cfg
+        loss = policy_losses[0]
+        if value_losses is not None:
+            loss = loss + cfg.value_coef * value_losses.sum()
+        loss.backward()
+        params = self.policy_params + self.critic_params
+        self.layout.average_gradients_(params)
+        grads = [distributed.local(p.grad) for p in params if p.grad is not None]
+        # each process checked only its shard (FSDP): decide together
+        if self.layout.any_rank(not all(torch.isfinite(g).all() for g in grads)):
+            return "non-finite gradient"
+        if cfg.clip_norm is not None:  # policy and critic clipped apart, as on the multi-objective path
+            stats["grad/norm"] = self._clip(self.policy_params)
+            if self.critic_params:
+                self._clip(self.critic_params)
+        return None
+
+    def _modulated_update(self, policy_losses: Tensor, value_losses: Tensor, stats: dict[str, Any]) -> str | None:
+        """``modulate_critic``: Algorithm 1 as written, the K losses ``APA_k + value_k`` modulated together."""
+        diag = self.engine.backward(list(policy_losses + self.cfg.value_coef * value_losses),
+                                    importance=self.importance)
+        if diag.get("skipped"):
+            return str(diag["skipped"])
+        stats.update(_flatten_diagnostics(diag, self.names))
+        return None
+
+    def _modulated_policy_update(self, policy_losses: Tensor, value_losses: Tensor | None, logp: Tensor,
+                                 stats: dict[str, Any]) -> str | None:
+        """The policy's K losses modulated (``fast``: the Gramian of the token log-probs ``logp``); the
+        critic's value losses summed and stepped normally, clipped on their own."""
+        cfg = self.cfg
+        rep = logp if cfg.gradient_mode == "fast" else None
+        diag = self.engine.backward(list(policy_losses), representation=rep, importance=self.importance)
+        if diag.get("skipped"):
+            return str(diag["skipped"])
+        if value_losses is not None:  # no critic (grpo / rloo): nothing to step
+            (cfg.value_coef * value_losses.sum()).backward()
+            self.layout.average_gradients_(self.critic_params)
+            if cfg.clip_norm is not None:
+                self._clip(self.critic_params)
+        stats.update(_flatten_diagnostics(diag, self.names))
+        return None
+
     def _clip(self, params: list[Tensor]) -> float:
         """Clip to ``clip_norm`` (global norm over processes when sharded); returns the norm before."""
-        return float(full_tensor(torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm)))
-
-    def _average_gradients(self, params: list[Tensor]) -> None:
-        """Data parallel: average plain (unmodulated) gradients over processes, as DDP would (FSDP's
-        backward already did)."""
-        if self.world == 1 or self.sharded:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        mdist.average_([p.grad for p in params])
+        return self.layout.clip_grad_norm_(params, self.cfg.clip_norm)
 
     def _skip(self, reason: str, stats: dict[str, Any]) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -441,6 +519,7 @@ class MultiObjectiveTrainer:
         metrics["response_tokens"] = n_tokens / len(exp.prompts)
         metrics["advantage/mean_abs"] = masked_mean(exp.advantages.abs(), mask.unsqueeze(0).expand_as(
             exp.advantages)).item()
+        metrics.update(exp.stats)
         metrics.update({f"time/{k}": round(v, 4) for k, v in times.items()})
         metrics["tokens_per_s"] = n_tokens / max(times["generation"], 1e-9)
         metrics.update(train_stats)
@@ -450,34 +529,34 @@ class MultiObjectiveTrainer:
     # ------------------------------------------------------------------ persistence
     def _tensor_states(self) -> dict[str, dict[str, Tensor]]:
         """Trainable parameters, whole. Sharded: gathered to process 0's CPU (every process calls)."""
-        if self.sharded:
-            return {name: gathered_state_dict(module, trainable_only=True)
-                    for name, module in (("policy", self.policy), ("critic", self.critic))}
-        return {name: {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
-                for name, module in (("policy", self.policy), ("critic", self.critic))}
+        return {name: self.layout.trainable_state(module) for name, module in self._modules.items()}
 
     @property
     def _modules(self) -> torch.nn.ModuleDict:
-        """Policy and critic under one root, for torch.distributed.checkpoint's state-dict helpers."""
-        return torch.nn.ModuleDict({"policy": self.policy, "critic": self.critic})
+        """Policy and critic (when there is one) under one root, for torch.distributed.checkpoint's
+        state-dict helpers."""
+        modules = {"policy": self.policy}
+        if self.critic is not None:
+            modules["critic"] = self.critic
+        return torch.nn.ModuleDict(modules)
 
     def _optimizer_state(self) -> dict[str, Any]:
         """The whole optimizer state keyed by parameter name (gathered from the shards under FSDP), so a
         run resumes with any number of processes, sharded or not."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True) if self.sharded else None
-        return get_optimizer_state_dict(self._modules, self.optimizer, options=options)
+        return self.layout.optimizer_state(self._modules, self.optimizer)
 
     def save_checkpoint(self, iteration: int) -> Path:
         """Written by process 0 (with FSDP after gathering the shards); the others wait for it."""
         root = self.out / "checkpoints"
         tensors, optimizer_state = self._tensor_states(), self._optimizer_state()
-        if self.rank == 0:
-            save_checkpoint(root, iteration, tensors, optimizer_state,
-                            {"algo": self.cfg.algo, "bad_updates": self.bad_updates, "fsdp": self.sharded})
+        if self.layout.is_main:
+            meta = {"algo": self.cfg.algo, "bad_updates": self.bad_updates, "fsdp": self.layout.shards_parameters,
+                    "critic": self.critic is not None}
+            if self.multiplier is not None:  # safe-rlhf: lambda, its step count and cost window
+                meta["lagrange"] = self.multiplier.state_dict()
+            save_checkpoint(root, iteration, tensors, optimizer_state, meta)
             prune_checkpoints(root, keep=2)
-        parallel.barrier()
+        self.layout.barrier()
         return root / f"iter-{iteration:06d}"
 
     def resume(self) -> bool:
@@ -486,28 +565,30 @@ class MultiObjectiveTrainer:
         path = latest_checkpoint(self.out / "checkpoints", required=True)
         if path is None:
             return False
-        tensors, state, meta = load_checkpoint(path, ["policy", "critic"])
+        tensors, state, meta = load_checkpoint(path, list(self._modules))
         with torch.no_grad():
-            for group, module in (("policy", self.policy), ("critic", self.critic)):
+            for group, module in self._modules.items():
                 params = dict(module.named_parameters())
                 missing = set(tensors[group]) - set(params)
                 if missing:
                     raise ValueError(f"{path}: checkpoint has {group} parameters this model lacks: "
                                      f"{sorted(missing)[:3]}")
                 for name, value in tensors[group].items():
-                    params[name].copy_(placed_like(params[name], value))
+                    params[name].copy_(self.layout.place(params[name], value))
         groups = state["optimizer"]["param_groups"]
         if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
             self.optimizer.load_state_dict(state["optimizer"])  # molma <= 0.2: keyed by position
         else:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            options = StateDictOptions(full_state_dict=True) if self.sharded else None
-            set_optimizer_state_dict(self._modules, self.optimizer, state["optimizer"], options=options)
+            self.layout.load_optimizer_state(self._modules, self.optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         self.start_iteration = int(meta["iteration"]) + 1
         self.bad_updates = int(meta.get("bad_updates", 0))
-        if self.rank == 0:
+        if self.multiplier is not None:
+            if "lagrange" not in meta:
+                raise ValueError(f"{path}: a {self.cfg.algo} run needs the Lagrange multiplier, which this "
+                                 "checkpoint lacks (written by another algorithm?)")
+            self.multiplier.load_state_dict(meta["lagrange"])
+        if self.layout.is_main:
             _truncate_metrics(self.out / "metrics.jsonl", int(meta["iteration"]))
         log.info("resumed from %s (next iteration %d)", path, self.start_iteration)
         return True
@@ -515,48 +596,53 @@ class MultiObjectiveTrainer:
     def save_final(self) -> Path:
         """``final/``: the adapter (LoRA) or the whole model, and the tokenizer; written by process 0."""
         final = self.out / "final"
-        state = None
-        if self.sharded:  # gather the shards (every process takes part); LoRA: the adapters only
-            state = gathered_state_dict(self.policy, trainable_only=is_peft(self.policy))
-        if self.rank != 0:
+        # FSDP: gather the shards (every process takes part); LoRA: the adapters only
+        state = self.layout.gathered_state(self.policy, trainable_only=is_peft(self.policy))
+        if not self.layout.is_main:
             return final
-        final.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(final, safe_serialization=True,
-                                    **({"state_dict": state} if state is not None else {}))
-        self.tokenizer.save_pretrained(final)
-        (final / "molma.json").write_text(json.dumps({"base_model": self.cfg.model, "lora": is_peft(self.policy)}))
-        # loadable elsewhere: the adapter names the public base model; a model card describes the run
         from molma.models.cards import export_policy
 
-        export_policy(final, self.cfg)
+        with atomic_folder(final) as folder:  # an older final/ is replaced only once this one is whole
+            self.policy.save_pretrained(folder, safe_serialization=True,
+                                        **({"state_dict": state} if state is not None else {}))
+            self.tokenizer.save_pretrained(folder)
+            (folder / "molma.json").write_text(json.dumps({"base_model": self.cfg.model,
+                                                           "lora": is_peft(self.policy)}))
+            # loadable elsewhere: the adapter names the public base model; a model card describes the run
+            export_policy(folder, self.cfg)
         return final
 
     def _log(self, metrics: dict[str, Any]) -> None:
-        if self.rank != 0:
+        if not self.layout.is_main:
             return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics, ensure_ascii=False) + "\n")
-        if self.cfg.tensorboard:
-            if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
+        if self._writer is None:  # report_to: TensorBoard (OUT/tensorboard), W&B, none (molma.tracking)
+            from molma.tracking import Tracker
 
-                self._writer = SummaryWriter(str(self.out / "tensorboard"))
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and k != "iteration":
-                    self._writer.add_scalar(k, v, metrics["iteration"])
-            self._writer.flush()
+            self._writer = Tracker(self.cfg.report_to, self.out / "tensorboard", run_name=self.out.name,
+                                   config=to_dict(self.cfg))
+        self._writer.log({k: v for k, v in metrics.items() if k != "iteration"}, metrics["iteration"])
 
     # ------------------------------------------------------------------ main loop
     def train(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
         """Run the configured iterations (from the latest checkpoint with ``resume``); ``stop_after``
         ends early after that iteration (used to simulate a killed run in tests)."""
+        from molma.hub import check_token
+        from molma.logs import ensure_progress_logging
+        from molma.tracking import check_available
+
+        ensure_progress_logging()  # a script that configured no logging still sees progress
         cfg = self.cfg
-        main = self.rank == 0  # process 0 writes every file; with R processes all hold the same state
+        check_available(cfg.report_to)  # a missing backend package or Hub token fails now, not at the end
+        if cfg.push_to_hub:
+            check_token(cfg.push_to_hub)
+        main = self.layout.is_main  # process 0 writes every file; with R processes all hold the same state
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg) | {"processes": self.world},
                                                                  sort_keys=False))
-        parallel.barrier()
+        self.layout.barrier()
         if resume:
             self.resume()
         elif main and (self.out / "metrics.jsonl").exists():
@@ -583,7 +669,7 @@ class MultiObjectiveTrainer:
             self._writer = None
         finished = stop_after is None or stop_after >= cfg.iterations
         summary = {"algo": cfg.algo, "iterations": cfg.iterations, "wall_time_s": round(wall, 2),
-                   "finished": finished, "processes": self.world, "fsdp": self.sharded,
+                   "finished": finished, "processes": self.world, "fsdp": self.layout.shards_parameters,
                    "precision": self.precision,
                    "objectives": self.names,
                    "last": {k: v for k, v in last.items() if k != "sample"}}
@@ -594,8 +680,12 @@ class MultiObjectiveTrainer:
             prev = self.out / "run.json"
             if prev.exists() and resume:
                 summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)
-            (self.out / "run.json").write_text(json.dumps(summary, indent=2))
-        parallel.barrier()
+            write_text_atomic(self.out / "run.json", json.dumps(summary, indent=2))
+        self.layout.barrier()
+        if main and finished and cfg.push_to_hub:  # after the barrier: a failed upload blocks no process
+            from molma.hub import push_folder
+
+            push_folder(self.out / "final", cfg.push_to_hub, commit_message=f"molma: {cfg.algo} policy")
         return summary
 
 
@@ -624,23 +714,3 @@ def _truncate_metrics(path: Path, last_iteration: int) -> None:
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("iteration", 0) <= last_iteration]
     path.write_text("".join(line + "\n" for line in keep))
-
-
-def load_policy(path: str | Path):
-    """Load a trained policy folder (``final/``): a LoRA adapter on its base model, or a full model.
-    Returns ``(model, tokenizer)``."""
-    from molma.models import load_model, load_tokenizer
-
-    path = Path(path)
-    meta_file = path / "molma.json"
-    if (path / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base = json.loads(meta_file.read_text())["base_model"] if meta_file.exists() else None
-        if base is None:
-            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model, _ = load_model(base)
-        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-        return model.eval(), load_tokenizer(str(path))
-    model, tok = load_model(str(path))
-    return model.eval(), tok

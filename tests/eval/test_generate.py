@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from molma.data.records import Prompt
-from molma.eval.generate import generate_responses, load_for_eval, score_responses, sequence_logprobs
+from molma.eval.generate import generate_responses, load_for_eval, response_logprobs, score_responses
 
 PROMPTS = ["How do I bake bread?", "Tell me a joke.", "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?",
            "What is 2 + 2?", "Name a colour."]
@@ -70,8 +70,8 @@ def test_score_responses_batches_and_checks_finiteness():
 def test_sequence_logprobs_batch_matches_single(tiny_model):
     model, tok = tiny_model
     responses = ["Sure, here you go.", "", "No."]
-    batched = sequence_logprobs(model, tok, PROMPTS[:3], responses, batch_size=3)
-    single = [sequence_logprobs(model, tok, [p], [r], batch_size=1)[0]
+    batched = response_logprobs(model, tok, PROMPTS[:3], responses, batch_size=3)
+    single = [response_logprobs(model, tok, [p], [r], batch_size=1)[0]
               for p, r in zip(PROMPTS[:3], responses)]
     assert batched == pytest.approx(single, abs=1e-4)
     assert batched[1] == 0.0  # empty response: no tokens
@@ -81,8 +81,8 @@ def test_sequence_logprobs_batch_matches_single(tiny_model):
 def test_sequence_logprobs_per_token_sums_to_the_sequence_value(tiny_model):
     model, tok = tiny_model
     responses = ["Sure, here you go.", "", "No."]
-    sums = sequence_logprobs(model, tok, PROMPTS[:3], responses, batch_size=2)
-    tokens = sequence_logprobs(model, tok, PROMPTS[:3], responses, batch_size=2, per_token=True)
+    sums = response_logprobs(model, tok, PROMPTS[:3], responses, batch_size=2)
+    tokens = response_logprobs(model, tok, PROMPTS[:3], responses, batch_size=2, per_token=True)
     assert [len(t) for t in tokens] == [len(tok(r, add_special_tokens=False)["input_ids"]) for r in responses]
     assert tokens[1] == []  # empty response: no tokens
     assert [sum(t) for t in tokens] == pytest.approx(sums, abs=1e-4)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from molma.data.records import Prompt
-from molma.eval.generate import sequence_logprobs
+from molma.eval.generate import response_logprobs
 from molma.eval.responses import ResponseRecord, read_responses
 from molma.eval.runner import EvalConfig, compute_result, evaluate_models, kl_estimate, load_result, rescore
 from molma.eval.stats import k3_kl, win_rates
@@ -133,8 +133,8 @@ def test_kl_to_reference_from_logprobs(tmp_path, two_models):
     # response, averaged over responses
     model, tok = two_models["molma"]
     responses = [r.response for r in result.records if r.model == "molma"]
-    lp = sequence_logprobs(model, tok, PROMPTS[:2], responses, batch_size=2, per_token=True)
-    lr = sequence_logprobs(*two_models["ref"], PROMPTS[:2], responses, batch_size=2, per_token=True)
+    lp = response_logprobs(model, tok, PROMPTS[:2], responses, batch_size=2, per_token=True)
+    lr = response_logprobs(*two_models["ref"], PROMPTS[:2], responses, batch_size=2, per_token=True)
     assert result.kl["molma"] == pytest.approx(float(np.mean(k3_kl(lp, lr))), rel=1e-5)
     details = result.kl_details["molma"]
     assert details["estimator"].startswith("k3 per token")

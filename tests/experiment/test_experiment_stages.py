@@ -36,7 +36,8 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
         "rm_safe_candidates": [{}, {"learning_rate": 3e-3}],
         "train": {"iterations": 1, "experience_size": 4, "minibatch_size": 4, "max_new_tokens": 4, "lr": 1e-3,
                   "critic_backbone": "frozen", "lora": {"r": 2, "alpha": 4}, "save_every": 0,
-                  "tensorboard": False},
+                  "report_to": "none"},
+        "algo_train": {"so-weighted": {"lr": 2e-3}},
         "algos": ["molma", "so-weighted"], "extra_seeds": {"molma": [1]}, "sweep_weights": [0.3, 0.5],
         "pareto_algos": [], "pareto_weights": [], "eval_prompts": 8, "eval_max_new_tokens": 4,
         "eval_batch_size": 4, "workers": 2,
@@ -69,6 +70,9 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     assert runs == ["molma", "molma-s1", "so-weighted", "so-weighted-w0.3"]
     cfg = yaml.safe_load((out / "runs" / "molma-s1" / "config.yaml").read_text())
     assert cfg["seed"] == 1 and cfg["prompts"]["safe"].endswith("safe-train.jsonl")
+    # per-algorithm overrides reach that algorithm's runs (sweep runs included) and no other
+    lrs = {name: yaml.safe_load((out / "runs" / name / "config.yaml").read_text())["lr"] for name in runs}
+    assert lrs == {"molma": 1e-3, "molma-s1": 1e-3, "so-weighted": 2e-3, "so-weighted-w0.3": 2e-3}
     # evaluation of every run and the reference on the same held-out prompts, and the evidence file
     evidence = json.loads((out / "evidence.json").read_text())
     assert evidence["n_prompts"] == 8
@@ -95,18 +99,54 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     run_experiment(str(config))
     printed = capsys.readouterr().out
     assert "running" not in printed and printed.count("reused") >= 7
+    # publishing copies the results (no weights, no responses) and a report without example prompts
+    from molma.experiment import publish_results
+
+    pub = publish_results(out, root / "published")
+    published = json.loads((pub / "evidence.json").read_text())
+    assert published["vs_reference"] == evidence["vs_reference"] and published["molma_vs"] == evidence["molma_vs"]
+    assert [published["models"][m]["seed"] for m in ("ref", "molma", "molma-s1")] == [None, 0, 1]
+    assert {p.name for p in pub.iterdir()} == {"evidence.md", "evidence.json", "config.yaml", "data.json",
+                                              "rm_results.json", "rm_selection.json", "eval_summary.json",
+                                              "sweeps", "report"}
+    assert (pub / "sweeps" / "so-weighted.json").exists() and (pub / "report" / "report.md").exists()
+    assert not list(pub.rglob("*.safetensors")) and not list(pub.rglob("responses.jsonl"))
 
 
 def test_a_run_folder_left_by_other_settings_is_cleared_before_training(tmp_path):
-    from molma.experiment import _claim_run_folder
+    from molma.experiment import claim_folder
 
     folder = tmp_path / "runs" / "molma"
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "checkpoints" / "step").write_text("old")  # no key recorded: written before keys were
-    _claim_run_folder(folder, "key-a")
+    claim_folder(folder, "key-a")
     assert not (folder / "checkpoints").exists() and (folder / ".stage-key").read_text().strip() == "key-a"
     (folder / "checkpoints").mkdir()
-    _claim_run_folder(folder, "key-a")  # same settings: a killed run keeps its checkpoints and resumes
+    claim_folder(folder, "key-a")  # same settings: a killed run keeps its checkpoints and resumes
     assert (folder / "checkpoints").exists()
-    _claim_run_folder(folder, "key-b")  # changed settings: cleared
+    claim_folder(folder, "key-b")  # changed settings: cleared
     assert not (folder / "checkpoints").exists() and (folder / ".stage-key").read_text().strip() == "key-b"
+
+
+def test_algo_train_must_name_a_planned_algorithm():
+    from molma.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match="algo_train names \\['gapoo'\\]"):
+        ExperimentConfig(algo_train={"gapoo": {"lr": 1e-3}})
+
+
+def test_a_stage_rerun_under_other_settings_never_sees_the_files_of_the_old_one(tmp_path):
+    from molma.experiment import Stages
+
+    stages = Stages(tmp_path, "test")
+    folder = tmp_path / "eval"
+    seen = []
+
+    def evaluate(tag):
+        seen.append(sorted(p.name for p in folder.iterdir() if p.name != ".stage-key"))
+        (folder / f"responses-{tag}.jsonl").write_text(tag)
+
+    stages.run("evaluation", folder, "key-a", lambda: evaluate("a"))
+    stages.run("evaluation", folder, "key-a", lambda: evaluate("again"))  # same settings: reused, not rerun
+    stages.run("evaluation", folder, "key-b", lambda: evaluate("b"))  # changed settings: a clean folder
+    assert seen == [[], []] and sorted(p.name for p in folder.iterdir()) == [".stage-key", "responses-b.jsonl"]

@@ -11,11 +11,32 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from molma.gradients import MultiObjectiveBackward, gramian, last_layer_parameters
-from molma.gradients.distributed import all_reduce_sum
+from molma.distributed import FSDP, DataParallel, device_mesh, full_tensor, parameter_bytes
+from molma.gradients import MultiObjectiveBackward, gramian
+from molma.models import last_layer_parameters
+from molma.models.sharding import shard_model
 
 K = 3
 FULL_BATCH, SEQ = 4, 10
+
+
+class ShardedStandIn(DataParallel):
+    """Test stand-in for model parallelism: every rank owns a disjoint shard of the parameters and
+    sees the same losses, so Gramian terms and squared norms are partial sums and nothing is averaged."""
+
+    name = "sharded"
+
+    def is_shard(self, param: torch.Tensor) -> bool:
+        return True
+
+    def sum_over_shards(self, t: torch.Tensor) -> torch.Tensor:
+        return self.all_reduce_sum(t)
+
+    def representation_gramian(self, M: torch.Tensor) -> torch.Tensor:
+        return M
+
+    def average_replicated_(self, grads, params) -> None:
+        pass
 
 
 def build_model():
@@ -76,7 +97,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     model = build_model()
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.1)
-    engine = MultiObjectiveBackward(params, "aligned-mtl", mode="exact", distributed="data")
+    engine = MultiObjectiveBackward(params, "aligned-mtl", mode="exact", layout=DataParallel())
     losses, _ = losses_of(model, ids[mine], weights[:, mine])
     diag = engine.backward(losses)
     opt.step()
@@ -87,7 +108,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     model = build_model()
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.1)
-    engine = MultiObjectiveBackward(params, "gapo", mode="fast", distributed="data")
+    engine = MultiObjectiveBackward(params, "gapo", mode="fast", layout=DataParallel())
     losses, tok_lp = losses_of(model, ids[mine], weights[:, mine])
     diag = engine.backward(losses, representation=tok_lp)
     opt.step()
@@ -97,7 +118,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     model = build_model()
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.1)
-    engine = MultiObjectiveBackward(params, "gapo", mode="subset", distributed="data",
+    engine = MultiObjectiveBackward(params, "gapo", mode="subset", layout=DataParallel(),
                                     subset_params=last_layer_parameters(model))
     losses, _ = losses_of(model, ids[mine], weights[:, mine])
     diag = engine.backward(losses)
@@ -111,20 +132,18 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     losses, _ = losses_of(model, ids, weights)
     jacs = [torch.stack(g) for g in zip(*[torch.autograd.grad(loss, shard, retain_graph=True)
                                          for loss in losses])]
-    result["sharded_gramian"] = all_reduce_sum(gramian(jacs))
-    engine = MultiObjectiveBackward(shard, "aligned-mtl", mode="exact", distributed="sharded")
+    result["sharded_gramian"] = DataParallel().all_reduce_sum(gramian(jacs))
+    engine = MultiObjectiveBackward(shard, "aligned-mtl", mode="exact", layout=ShardedStandIn())
     diag = engine.backward(losses)
     result["sharded_exact"] = {"diag": diag, "grads": [p.grad.clone() for p in shard]}
 
     # 3b. FSDP2: parameters sharded by fully_shard, different data per rank; K backward() calls
     #     reduce-scatter the per-objective gradients, partial Gramians are all-reduced
-    from molma.models.sharding import device_mesh, full_tensor, parameter_bytes, shard_model
-
     for mode, weighting in (("exact", "aligned-mtl"), ("fast", "gapo")):
         model = shard_model(build_model(), device_mesh(torch.device("cpu")))
         params = list(model.parameters())
         opt = torch.optim.SGD(params, lr=0.1)
-        engine = MultiObjectiveBackward(params, weighting, mode=mode, distributed="fsdp")
+        engine = MultiObjectiveBackward(params, weighting, mode=mode, layout=FSDP())
         losses, tok_lp = losses_of(model, ids[mine], weights[:, mine])
         diag = engine.backward(losses, representation=tok_lp if mode == "fast" else None)
         local_shapes = [tuple(p.grad.to_local().shape) for p in params]
@@ -141,7 +160,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     shard_model(model, device_mesh(torch.device("cpu")), replicate=subset)
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.1)
-    engine = MultiObjectiveBackward(params, "gapo", mode="subset", distributed="fsdp", subset_params=subset)
+    engine = MultiObjectiveBackward(params, "gapo", mode="subset", layout=FSDP(), subset_params=subset)
     losses, _ = losses_of(model, ids[mine], weights[:, mine])
     diag = engine.backward(losses)
     opt.step()
@@ -150,7 +169,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
         "whole_subset": all(not hasattr(p, "device_mesh") for p in subset),
         "sharded_rest": sum(hasattr(p, "device_mesh") for p in params)}
     try:
-        MultiObjectiveBackward(params, "gapo", mode="subset", distributed="fsdp",
+        MultiObjectiveBackward(params, "gapo", mode="subset", layout=FSDP(),
                                subset_params=last_layer_parameters(shard_model(
                                    build_model(), device_mesh(torch.device("cpu")))))
     except ValueError as err:
@@ -159,7 +178,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     # 3c. FSDP: a non-finite gradient on one rank's data (finite loss) skips the step everywhere
     model = shard_model(build_model(), device_mesh(torch.device("cpu")))
     params = list(model.parameters())
-    engine = MultiObjectiveBackward(params, "aligned-mtl", mode="exact", distributed="fsdp")
+    engine = MultiObjectiveBackward(params, "aligned-mtl", mode="exact", layout=FSDP())
     losses, tok_lp = losses_of(model, ids[mine], weights[:, mine])
     if rank == 1:  # inf gradient, finite loss value
         losses[0] = losses[0] + _inf_grad(tok_lp)
@@ -169,7 +188,7 @@ def main(rank: int, world: int, port: int, out: Path) -> None:
     # 4. a non-finite loss on one rank makes every rank skip (no deadlock, no divergence)
     model = build_model()
     params = list(model.parameters())
-    engine = MultiObjectiveBackward(params, "mgda", mode="exact", distributed="data")
+    engine = MultiObjectiveBackward(params, "mgda", mode="exact", layout=DataParallel())
     losses, _ = losses_of(model, ids[mine], weights[:, mine])
     if rank == 1:
         losses[2] = losses[2] * float("inf")

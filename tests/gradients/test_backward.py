@@ -8,14 +8,15 @@ import pytest
 import torch
 from torchjd.aggregation import UPGradWeighting
 
+from molma.distributed import DataParallel
 from molma.gradients import (
     MultiObjectiveBackward,
     combine,
     get_weighting,
     gramian,
-    last_layer_parameters,
 )
 from molma.gradients.solvers import NNLSDualConeProjector
+from molma.models import last_layer_parameters
 
 K = 3
 
@@ -282,6 +283,6 @@ def test_argument_errors() -> None:
     with pytest.raises(ValueError, match="requires_grad"):
         MultiObjectiveBackward([torch.zeros(2)])
     with pytest.raises(RuntimeError, match="init_process_group"):
-        MultiObjectiveBackward([x, W], distributed="data").backward(toy_losses(x, W))
+        MultiObjectiveBackward([x, W], layout=DataParallel()).backward(toy_losses(x, W))
     with pytest.raises(ValueError, match="scalar"):
         MultiObjectiveBackward([x, W]).backward([W @ x])

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from molma.gradients import MultiObjectiveBackward, gramian, last_layer_parameters
+from molma.gradients import MultiObjectiveBackward, gramian
+from molma.models import last_layer_parameters
 from tests.multiprocess import free_port, needs_gloo
 
 from .dist_worker import build_model, full_batch, losses_of

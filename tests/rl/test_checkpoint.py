@@ -158,7 +158,7 @@ def _trainer(policy, out: Path, **kw):
     model, tok = policy
     cfg = TrainConfig(algo="molma", objectives={"long": "rule:length", "clean": "rule:banned_words"},
                       help_objective="long", safe_objective="clean", experience_size=8, minibatch_size=4,
-                      max_new_tokens=8, prompt_mix={"help": 0.5, "safe": 0.5}, out=str(out), tensorboard=False,
+                      max_new_tokens=8, prompt_mix={"help": 0.5, "safe": 0.5}, out=str(out), report_to="none",
                       progress=False, seed=1, **kw)
     return MultiObjectiveTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, objectives=toy.objectives(),
                                  prompt_pools=toy.pools())

@@ -46,7 +46,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "prompts": {"toy": str(root / "prompts.jsonl")}, "prompt_mix": {"toy": 1.0}, "heldout_fraction": 0.0,
         "iterations": 2, "experience_size": 8, "minibatch_size": 4, "max_new_tokens": 12, "lr": 1e-3,
         "critic_backbone": "trainable", "whiten_advantages": True, "seed": 3, "save_every": 0,
-        "tensorboard": False, "progress": False,
+        "report_to": "none", "progress": False,
         # float32: these tests compare processes to 1e-5; bf16 autocast rounds differently per batch split
         "precision": "fp32",
     }
@@ -76,6 +76,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     train("so-one", 1, "algo=so-weighted")
     # block-by-block generation (synced decoding) instead of gathering the policy first
     train("so-fsdp", 2, "algo=so-weighted", "fsdp=true", "fsdp_gather_for_generation=false")
+    # critic-free: K GRPO losses (groups of 4 responses per prompt, split over the processes), no critic
+    train("grpo-one", 1, "algo=molma-grpo", "kl_beta=0.1")
+    train("grpo-fsdp", 2, "algo=molma-grpo", "kl_beta=0.1", "fsdp=true")
     # killed after iteration 1, resumed: sharded -> sharded, sharded -> 1 process, 1 process -> sharded
     train("resume-fsdp", 2, "fsdp=true", "iterations=1", "save_every=1")
     train("resume-fsdp", 2, "fsdp=true", resume=True)
@@ -114,7 +117,8 @@ def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize(("one", "two"), [("one", "two"), ("one", "fsdp"), ("lora-one", "lora-fsdp"),
-                                          ("gapo-one", "gapo-fsdp"), ("so-one", "so-fsdp")])
+                                          ("gapo-one", "gapo-fsdp"), ("so-one", "so-fsdp"),
+                                          ("grpo-one", "grpo-fsdp")])
 def test_two_processes_end_with_the_parameters_of_one(runs, one, two):
     a, b = _final(runs[one]), _final(runs[two])
     if "lora_B" in " ".join(a):  # LoRA B starts at zero: the adapter moved if B is non-zero
@@ -127,7 +131,7 @@ def test_two_processes_end_with_the_parameters_of_one(runs, one, two):
     assert all(torch.isfinite(t).all() for t in b.values())
 
 
-@pytest.mark.parametrize("run", ["fsdp", "lora-fsdp", "gapo-fsdp", "so-fsdp"])
+@pytest.mark.parametrize("run", ["fsdp", "lora-fsdp", "gapo-fsdp", "so-fsdp", "grpo-fsdp"])
 def test_fsdp_runs_were_sharded_and_match_the_logged_losses(runs, run):
     summary = json.loads((runs[run] / "run.json").read_text())
     assert summary["processes"] == 2 and summary["fsdp"] is True

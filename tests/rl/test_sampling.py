@@ -7,8 +7,8 @@ import math
 import torch
 
 from molma.data.chat import render_prompt
-from molma.rl.parallel import pad_batch, pad_tokens, shard
-from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
+from molma.distributed import shard_rows as shard
+from molma.rl.rollout import GenerationSettings, generate, pad_batch, pad_tokens, sequence_logprobs
 from molma.rl.sampling import GumbelSampler, row_seed, warp_logits
 
 NEG = float("-inf")
@@ -81,3 +81,14 @@ def test_shard_splits_evenly_or_says_why():
     else:
         raise AssertionError("uneven split accepted")
     assert math.isclose(len(shard(64, 1, 0)), 64)
+
+
+def test_tokenize_prompts_leaves_the_tokenizers_sides_alone():
+    from molma.models import tiny_llama
+    from molma.rl.rollout import tokenize_prompts
+
+    _, tok = tiny_llama()
+    tok.padding_side, tok.truncation_side = "right", "right"
+    enc = tokenize_prompts(tok, ["a b c d e f", "a"], max_prompt_tokens=3)
+    assert enc["attention_mask"][1, 0] == 0  # padded on the left for the rollout
+    assert (tok.padding_side, tok.truncation_side) == ("right", "right")

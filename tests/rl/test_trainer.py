@@ -23,7 +23,7 @@ def _config(tmp_path, algo: str, **kw) -> TrainConfig:
         help_objective="long", safe_objective="clean", iterations=12, experience_size=64,
         minibatch_size=32, max_new_tokens=16, lr=5e-3, kl_beta=0.01, critic_backbone="frozen",
         whiten_advantages=True, seed=1,
-        prompt_mix={"help": 0.5, "safe": 0.5}, out=str(tmp_path / algo), tensorboard=False,
+        prompt_mix={"help": 0.5, "safe": 0.5}, out=str(tmp_path / algo), report_to="none",
         progress=False, save_every=0, weight_decay=0.0,
     )
     base.update(kw)

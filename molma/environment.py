@@ -1,0 +1,47 @@
+"""What a result was produced with: package versions and hardware, recorded by reports, reward model
+metadata and model cards (one home for all three)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Iterable
+
+#: The packages a trained model's metadata and card record.
+MODEL_PACKAGES = ("molma", "torch", "transformers", "peft", "trl")
+
+
+def package_versions(names: Iterable[str] = MODEL_PACKAGES) -> dict[str, str | None]:
+    """``{name: version}`` of installed packages, from their distribution metadata (or the module's
+    ``__version__`` when it runs from a source tree); ``None`` for one that is not installed."""
+    import importlib
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            try:
+                out[name] = getattr(importlib.import_module(name), "__version__", None)
+            except ImportError:
+                out[name] = None
+    return out
+
+
+def environment_info() -> dict:
+    """Versions (python, torch, transformers, peft, numpy, matplotlib, molma) and hardware."""
+    import torch
+
+    versions = package_versions(("torch", "transformers", "peft", "numpy", "matplotlib", "molma"))
+    return {
+        "python": sys.version.split()[0], "torch": versions["torch"],
+        "transformers": versions["transformers"], "peft": versions["peft"], "numpy": versions["numpy"],
+        "matplotlib": versions["matplotlib"], "molma": versions["molma"],
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+    }
