@@ -109,8 +109,9 @@ def _fill(page, plan: Plan) -> str:
 
 
 def _submit(page, selector: str) -> None:
-    """Click a submit button and wait for the page that the server redirects to."""
-    with page.expect_navigation(wait_until="load", timeout=30_000):
+    """Click a submit button and wait for the page that the server redirects to (its DOM: the `load` event
+    waits for every resource and timed out once on an overloaded 2-core machine)."""
+    with page.expect_navigation(wait_until="domcontentloaded", timeout=60_000):
         page.click(selector)
 
 
