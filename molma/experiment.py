@@ -707,6 +707,14 @@ def evidence_markdown(facts: dict, meta: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_evidence(folder: Path, facts: dict, meta: dict) -> None:
+    """``evidence.json`` (facts and run metadata) and ``evidence.md`` in ``folder``."""
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(folder / "evidence.json", json.dumps({"meta": meta, **facts}, indent=2, default=float))
+    write_text_atomic(folder / "evidence.md", evidence_markdown(facts, meta))
+
+
 def run_experiment(config_path: str | None, overrides=(), out: str | None = None,
                    config_class: type = ExperimentConfig, label: str = "experiment") -> Path:
     cfg = load_config(config_class, config_path, overrides)
@@ -774,8 +782,7 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
             "cpu_count": os.cpu_count(), "precision": resolve_precision(cfg.precision), "molma": molma.__version__}
     from molma.atomic import write_text_atomic
 
-    write_text_atomic(root / "evidence.json", json.dumps({"meta": meta, **facts}, indent=2, default=float))
-    write_text_atomic(root / "evidence.md", evidence_markdown(facts, meta))
+    write_evidence(root, facts, meta)
     write_text_atomic(root / f"{label}.json", json.dumps(meta, indent=2))
     import yaml
 
@@ -813,7 +820,6 @@ def publish_results(root: str | Path, dest: str | Path, title: str | None = None
     dest.mkdir(parents=True, exist_ok=True)
     # the evidence is recomputed from the saved evaluation by this version of the code (same numbers as the
     # experiment's own evidence.json; tables as this version writes them)
-    from molma.atomic import write_text_atomic
     from molma.eval import load_result
 
     cfg = load_config(ExperimentConfig, str(root / "config.yaml"))
@@ -830,8 +836,7 @@ def publish_results(root: str | Path, dest: str | Path, title: str | None = None
         for path in sorted((root / sub).glob("*.json")):
             (dest / "sweeps").mkdir(exist_ok=True)
             shutil.copyfile(path, dest / "sweeps" / (path.name if sub == "sweep" else f"pareto-{path.name}"))
-    write_text_atomic(dest / "evidence.json", json.dumps({"meta": meta, **facts}, indent=2, default=float))
-    write_text_atomic(dest / "evidence.md", evidence_markdown(facts, meta))
+    write_evidence(dest, facts, meta)
     build_report(root, out_dir=dest / "report", title=title or cfg.title, n_examples=0)
     print(f"published {root} -> {dest}", flush=True)
     return dest
