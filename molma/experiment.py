@@ -167,13 +167,16 @@ def _hash(*parts: Any) -> str:
 
 
 def _file_key(spec: str | None) -> Any:
-    """A cache key for a data source: a file's path, size and modification time; other specs as they are."""
+    """A cache key for a data source: a file's name and the SHA-256 of its bytes; other specs as they are.
+
+    Content, not path and modification time: a fresh copy of the same data (a new checkout of ``../shared``,
+    another folder) must not invalidate every stage that depends on it (it once cleared a finished
+    experiment's reward models), and an edited file with the same size and mtime must."""
     if spec is None:
         return None
     path = Path(spec)
     if path.is_file():
-        stat = path.stat()
-        return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
+        return [path.name, hashlib.sha256(path.read_bytes()).hexdigest()]
     return spec
 
 
