@@ -90,6 +90,11 @@ class ExperimentConfig:
     pareto_algos: list[str] = field(default_factory=lambda: ["pgapo", "molma"])
     pareto_weights: list[float] = field(default_factory=lambda: [0.25, 0.75])
     sweep_iterations: int | None = None  # iterations of sweep runs (None: as the main runs)
+    # Rewarded Soups (Rame et al. 2023): LoRA interpolations theta_0 + w dW_A + (1 - w) dW_B of the two runs in
+    # soup_runs (A first, whose objective is the first: w weighs help), one per weight in (0, 1), evaluated with
+    # the other models and drawn as the "soup" Pareto front with A (w = 1) and B (w = 0) at its ends; [] for none
+    soup_runs: list[str] = field(default_factory=lambda: ["so-help", "so-safe"])
+    soup_weights: list[float] = field(default_factory=list)
     # --- evaluation
     eval_prompts: int = 24  # held-out prompts, split evenly between the pools
     eval_max_new_tokens: int = 32
@@ -135,6 +140,11 @@ class ExperimentConfig:
         check_range("seed", self.seed, low=0, high=2**32 - 1)
         if self.sweep_iterations is not None:
             check_range("sweep_iterations", self.sweep_iterations, low=1)
+        for w in self.soup_weights:
+            check_range("soup_weights", w, low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.soup_weights and (len(self.soup_runs) != 2 or not set(self.soup_runs) <= set(self.algos)):
+            raise ValueError(f"soup_runs must name two of algos {self.algos} (the soup's ends), got "
+                             f"{self.soup_runs}")
         self._check_stage_settings()
 
     def _check_stage_settings(self) -> None:
@@ -547,6 +557,23 @@ def _run_all(cfg: ExperimentConfig, stages: Stages, jobs: dict[str, tuple[Path, 
             stages.mark_done(f"train {name}", folder, key, round(seconds, 1))
 
 
+def plan_soups(cfg: ExperimentConfig) -> dict[str, RunSpec]:
+    """The Rewarded-Soups models by name (``soup-w0.25``), each with its weights on (first, second) objective."""
+    from molma.models.soup import soup_label
+
+    return {f"soup-{soup_label(w)}": RunSpec("rewarded-soup", [float(w), 1.0 - float(w)])
+            for w in cfg.soup_weights}
+
+
+def _make_soups(cfg: ExperimentConfig, root: Path, soup_dir: Path) -> None:
+    """Write the soups of the two finished ``soup_runs`` (exact LoRA interpolation, molma.models.soup)."""
+    from molma.models.soup import rewarded_soups
+
+    soups = rewarded_soups([root / "runs" / name / "final" for name in cfg.soup_runs], cfg.soup_weights,
+                           soup_dir)
+    print(f"[experiment] soups of {' and '.join(cfg.soup_runs)}: " + ", ".join(s.label for s in soups), flush=True)
+
+
 # ------------------------------------------------------------------------------------------ 4. evaluation
 def _judges(cfg: ExperimentConfig, rm_dir: Path) -> list:
     from molma.rewards import RewardModel
@@ -624,7 +651,9 @@ def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, r
     from molma.eval import sweep_from_result, write_sweep
 
     prompts = _eval_prompts(cfg, data_dir)
-    models = {"ref": cfg.model, **{name: str(root / "runs" / name / "final") for name in runs}}
+    soups = plan_soups(cfg)
+    models = {"ref": cfg.model, **{name: str(root / "runs" / name / "final") for name in runs},
+              **{name: str(root / "soups" / name.removeprefix("soup-")) for name in soups}}
     if cfg.workers > 1 and len(models) > 2:
         result = _evaluate_in_parallel(cfg, rm_dir, models, prompts, root / "eval")
     else:
@@ -637,6 +666,11 @@ def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, r
         write_sweep(root / "pareto" / f"{algo}.json",
                     sweep_from_result(result, members, algo.upper() if algo != "molma" else "MOLMA",
                                       versus=None, baseline=None))
+    if soups:  # the soup front runs from the first run (w = 1) through the soups to the second (w = 0)
+        first, second = cfg.soup_runs
+        members = {first: [1.0, 0.0], **{name: spec.importance for name, spec in soups.items()}, second: [0.0, 1.0]}
+        write_sweep(root / "pareto" / "soup.json",
+                    sweep_from_result(result, members, "Rewarded soups", versus=None, baseline=None))
 
 
 def _load_reference(name: str):
@@ -766,18 +800,23 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
         learning = {k: v for k, v in settings.items() if k not in LOGGING_KEYS}
         jobs[name] = (folder, _hash("run", rm_key, data_key, learning), settings)
     _run_all(cfg, stages, jobs)
+    soups = plan_soups(cfg)
+    soup_key = None
+    if soups:  # Rewarded Soups of two finished runs
+        soup_key = _hash("soups", [jobs[name][1] for name in cfg.soup_runs], cfg.soup_weights)
+        stages.run("soups", root / "soups", soup_key, lambda: _make_soups(cfg, root, root / "soups"))
 
     # 4. evaluation
     eval_dir = root / "eval"
     eval_key = _hash("eval", {n: k for n, (_, k, _) in jobs.items()}, cfg.eval_prompts, cfg.eval_max_new_tokens,
-                     cfg.eval_batch_size, cfg.seed, cfg.precision)
+                     cfg.eval_batch_size, cfg.seed, cfg.precision, *([soup_key] if soup_key else []))
     stages.run("evaluation", eval_dir, eval_key,
                lambda: _evaluate(cfg, root, rm_dir, data_dir, runs, sweep, pareto))
 
     # 5. evidence and report
     from molma.eval import build_report, load_result
     result = load_result(eval_dir, versus="molma")
-    facts = evidence(result, runs, main_seed=cfg.seed)
+    facts = evidence(result, {**runs, **soups}, main_seed=cfg.seed)
     meta = {"config": to_dict(cfg), "stage_seconds": stages.timings, "reused_stages": stages.reused,
             "wall_time_s": round(time.perf_counter() - t_start, 1),
             "stage_seconds_total": round(sum(stages.timings.values()), 1),

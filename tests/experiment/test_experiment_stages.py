@@ -40,7 +40,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
         "algo_train": {"so-weighted": {"lr": 2e-3}},
         "algos": ["molma", "so-weighted"], "extra_seeds": {"molma": [1]}, "sweep_weights": [0.3, 0.5],
         "pareto_algos": [], "pareto_weights": [], "eval_prompts": 8, "eval_max_new_tokens": 4,
-        "eval_batch_size": 4, "workers": 2,
+        "eval_batch_size": 4, "workers": 2, "soup_runs": ["molma", "so-weighted"], "soup_weights": [0.5],
     }
     path = root / "experiment.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -76,7 +76,12 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     # evaluation of every run and the reference on the same held-out prompts, and the evidence file
     evidence = json.loads((out / "evidence.json").read_text())
     assert evidence["n_prompts"] == 8
-    assert set(evidence["models"]) == {"ref", *runs}
+    assert set(evidence["models"]) == {"ref", *runs, "soup-w0.5"}
+    # the Rewarded soup (exact LoRA interpolation of the two runs) is evaluated and drawn between them
+    assert evidence["models"]["soup-w0.5"]["algo"] == "rewarded-soup"
+    soup_front = json.loads((out / "pareto" / "soup.json").read_text())
+    assert [p["label"] for p in soup_front["points"]] == ["molma", "soup-w0.5", "so-weighted"]
+    assert [p["weights"] for p in soup_front["points"]] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
     for model in runs:
         for objective in ("help", "safe"):
             c = evidence["vs_reference"][model][objective]
@@ -98,7 +103,7 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     # a second run reuses every stage
     run_experiment(str(config))
     printed = capsys.readouterr().out
-    assert "running" not in printed and printed.count("reused") >= 7
+    assert "running" not in printed and printed.count("reused") >= 8
     # publishing copies the results (no weights, no responses) and a report without example prompts
     from molma.experiment import publish_results
 
@@ -110,6 +115,7 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
                                               "rm_results.json", "rm_selection.json", "eval_summary.json",
                                               "sweeps", "report"}
     assert (pub / "sweeps" / "so-weighted.json").exists() and (pub / "report" / "report.md").exists()
+    assert (pub / "sweeps" / "pareto-soup.json").exists()
     assert not list(pub.rglob("*.safetensors")) and not list(pub.rglob("responses.jsonl"))
 
 
