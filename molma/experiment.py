@@ -378,8 +378,10 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
     else:
         for c, pairs in jobs.values():
             train_reward_model(c, pairs=pairs)
+    scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
     if candidates:
-        configs["safe"] = _select_rm_safe(cfg, configs, out, heldout_sets)
+        configs["safe"], chosen_rows = _select_rm_safe(cfg, configs, out, heldout_sets)
+        scored.update({("safe", label): row for label, row in chosen_rows.items()})
 
     rows = []
     for objective in POOLS:
@@ -388,7 +390,7 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
         judge = RewardModel.from_pretrained(rm_cfg.output_path, name=objective, max_length=rm_cfg.max_length,
                                             precision=cfg.precision)
         for label, data in heldout_sets.items():
-            row = evaluate_reward_model(judge, data)
+            row = scored.get((objective, label)) or evaluate_reward_model(judge, data)
             rows.append({**row, "model": f"RM{objective}", "data": label, "trained_pairs": len(train_sets[objective]),
                          "train_data": ("HH-RLHF harmless (train dialogues)" if objective == "safe" and cfg.hh_data
                                         else f"builtin-{objective} (train split)")})
@@ -411,11 +413,12 @@ def _train_rm_job(rm_cfg, pairs: list, threads: int | None) -> str:
     return str(train_reward_model(rm_cfg, pairs=pairs))
 
 
-def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_sets: dict) -> Any:
+def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_sets: dict) -> tuple[Any, dict]:
     """Choose RMsafe among the trained candidates by the accuracy on each trainer's own held-out share of the
     training pairs (``molma_rm.json``; ties: the earlier candidate), move it to ``rm-safe`` and write
     ``selection.json`` with every candidate's settings and accuracies. The validation dialogues' accuracy is
-    recorded for every candidate after the choice, for the record; it plays no part in it."""
+    recorded for every candidate after the choice, for the record; it plays no part in it. Returns the chosen
+    config and its rows on ``heldout_sets`` (Table 2 reuses them instead of scoring the same model twice)."""
     import shutil
 
     from molma.rewards import RewardModel, evaluate_reward_model
@@ -432,11 +435,14 @@ def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_set
     for entry in summary:
         entry["selected"] = entry["candidate"] == best
     chosen = configs[names[best]]
+    chosen_rows: dict[str, dict] = {}
     for entry, name in zip(summary, names):  # for the record only, after the choice
         judge = RewardModel.from_pretrained(configs[name].output_path, name="safe", max_length=configs[name].max_length,
                                             precision=cfg.precision)
-        entry["heldout_accuracy"] = {label: evaluate_reward_model(judge, data)["accuracy"]
-                                     for label, data in heldout_sets.items()}
+        rows = {label: evaluate_reward_model(judge, data) for label, data in heldout_sets.items()}
+        entry["heldout_accuracy"] = {label: row["accuracy"] for label, row in rows.items()}
+        if name == names[best]:
+            chosen_rows = rows
     final = out / "rm-safe"
     if final.exists():
         shutil.rmtree(final)
@@ -450,7 +456,7 @@ def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_set
         "selected": best, "candidates": summary}, indent=2))
     print(f"RMsafe: candidate {best} chosen ({summary[best]['settings']}); selection accuracies "
           + ", ".join(f"{e['selection_accuracy']:.3f} on {e['selection_pairs']}" for e in summary), flush=True)
-    return replace(chosen, output_dir=str(final))
+    return replace(chosen, output_dir=str(final)), chosen_rows
 
 
 # ------------------------------------------------------------------------------------------ 3. RL runs

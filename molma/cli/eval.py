@@ -48,11 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=_models_arg, action="append", default=[],
                    help="NAME=SPEC[,NAME=SPEC...]: builtin name, model folder or LoRA adapter folder "
                         "(e.g. ref=smollm2-135m-instruct,molma=runs/molma/final); repeatable")
-    p.add_argument("--prompts", default="builtin:test",
-                   help="builtin:test (held-out prompts of the builtin help/safe pools, same split as RL "
-                        "training), heldout:RUN_DIR (the prompts that training run set aside, rebuilt from "
-                        "its config.yaml: any pools, same seed and fraction), builtin:help|safe, or a prompt "
-                        "file (default: builtin:test)")
     p.add_argument("--rm", type=_rm_arg, action="append", default=[], metavar="NAME=PATH_OR_RULE",
                    help="objective: reward-model folder or rule (rule:length, ...); repeatable, required")
     p.add_argument("--out", help="output folder (responses.jsonl, summary.json); in an experiment folder "
@@ -61,6 +56,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-sweeps", action="store_true",
                    help="do not add the sweep runs of EXP/sweeps.json (see --out)")
     p.add_argument("--rescore", metavar="DIR", help="re-score the saved responses in DIR with --rm")
+    add_generation_arguments(p)
+    p.add_argument("--versus", help="model whose win rates are reported (default: molma, else the first)")
+    p.add_argument("--tie-tol", type=float, default=0.0, help="|score difference| <= this is a tie")
+    p.add_argument("--kl-reference", metavar="NAME",
+                   help="estimate KL(model || NAME) from log-probs of the sampled responses")
+    p.add_argument("--no-resume", action="store_true", help="regenerate models already saved in --out")
+    p.set_defaults(func=run_eval)
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of every command that generates on evaluation prompts and scores the answers
+    (``molma eval``, ``molma soup``): prompts, sampling, batch, precision, threads, device."""
+    p.add_argument("--prompts", default="builtin:test",
+                   help="builtin:test (held-out prompts of the builtin help/safe pools, same split as RL "
+                        "training), heldout:RUN_DIR (the prompts that training run set aside, rebuilt from "
+                        "its config.yaml: any pools, same seed and fraction), builtin:help|safe, or a prompt "
+                        "file (default: builtin:test)")
     p.add_argument("--n-prompts", type=int, help="random sample of this many prompts (seeded by --seed)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
@@ -68,15 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--versus", help="model whose win rates are reported (default: molma, else the first)")
-    p.add_argument("--tie-tol", type=float, default=0.0, help="|score difference| <= this is a tie")
-    p.add_argument("--kl-reference", metavar="NAME",
-                   help="estimate KL(model || NAME) from log-probs of the sampled responses")
     p.add_argument("--heldout-fraction", type=float, default=0.2,
                    help="builtin:test: held-out share of each pool (as in RL training; default 0.2)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="builtin:test: seed of the train/held-out split (as in RL training; default 0)")
-    p.add_argument("--no-resume", action="store_true", help="regenerate models already saved in --out")
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (1 is much faster when other jobs share the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,7 +92,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "hardware has it); default fp32")
     p.add_argument("--device", default="auto",
                    help="where models and reward models run: auto (a GPU when there is one), cpu, cuda:1, ...")
-    p.set_defaults(func=run_eval)
 
 
 def load_objectives(specs: list[tuple[str, str]], device: str = "cpu", precision: str = "fp32") -> dict[str, object]:

@@ -39,7 +39,7 @@ def _policies(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from molma.cli.eval import _rm_arg
+    from molma.cli.eval import _rm_arg, add_generation_arguments
 
     p = subparsers.add_parser("soup", help="Rewarded Soups: interpolate two LoRA policies (exact adapter), "
                                            "optionally evaluate the front",
@@ -51,18 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder: one policy folder w<w>/ per weight")
     p.add_argument("--rm", type=_rm_arg, action="append", default=[], metavar="NAME=PATH_OR_RULE",
                    help="evaluate the soups with this objective (repeatable); writes OUT/pareto/soup.json")
-    p.add_argument("--prompts", default="builtin:test", help="evaluation prompts (as molma eval; default builtin:test)")
-    p.add_argument("--n-prompts", type=int, help="random sample of this many prompts (seeded by --seed)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every soup")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--heldout-fraction", type=float, default=0.2, help="builtin:test: held-out share (default 0.2)")
-    p.add_argument("--split-seed", type=int, default=0, help="builtin:test: split seed (default 0)")
+    add_generation_arguments(p)  # --prompts, --seed, sampling, --precision, --threads, --device, ...
     p.add_argument("--sweep-out", help="where the sweep JSON goes (default OUT/pareto/soup.json)")
     p.add_argument("--method", default="Rewarded soups", help="method name in the sweep JSON and the report")
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--device", default="auto", help="where evaluation runs: auto, cpu, cuda:1, ...")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_soup)
 
 
@@ -92,12 +83,14 @@ def _evaluate(args: argparse.Namespace, soups) -> int:
     if device is None:
         return 2
     try:
-        objectives = load_objectives(args.rm, str(device))
+        objectives = load_objectives(args.rm, str(device), args.precision)
         prompts = load_eval_prompts(args.prompts, args.n_prompts, args.seed, args.heldout_fraction,
                                     args.split_seed)
+        # resume=False: the soups were just rewritten, never reuse older answers
         config = EvalConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                            do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p,
                             score_batch_size=args.batch_size, progress=not args.no_progress,
-                            resume=False)  # the soups were just rewritten: never reuse older answers
+                            precision=args.precision, resume=False)
         models = {f"soup-{s.label}": str(s.path) for s in soups}
         result = evaluate_models(models, prompts, objectives, config, out_dir=Path(args.out) / "eval",
                                  loader=functools.partial(load_for_eval, device=device))
