@@ -170,7 +170,9 @@ def main() -> None:
             for k in [int(x) for x in args.ks.split(",")]:
                 variants = {f"so-weighted-K{k}": {"algo": "so-weighted"},
                             f"molma-fast-K{k}": {"algo": "molma", "gradient_mode": "fast"},
-                            f"molma-exact-K{k}": {"algo": "molma", "gradient_mode": "exact"}}
+                            f"molma-exact-K{k}": {"algo": "molma", "gradient_mode": "exact"},
+                            f"molma-exact-batched-K{k}": {"algo": "molma", "gradient_mode": "exact",
+                                                          "gradient_vjp": "batched"}}
                 for v in variants.values():
                     v.update(objectives=objectives(k), precision="bf16")
                     if v["algo"] == "so-weighted":
@@ -179,10 +181,12 @@ def main() -> None:
                 total = {name: r["seconds_per_iteration"]["total"] for name, r in res.items()}
                 so = total[f"so-weighted-K{k}"]
                 per_k[k] = {"results": res, "ratio_fast_to_so": round(total[f"molma-fast-K{k}"] / so, 3),
-                            "ratio_exact_to_so": round(total[f"molma-exact-K{k}"] / so, 3)}
+                            "ratio_exact_to_so": round(total[f"molma-exact-K{k}"] / so, 3),
+                            "ratio_exact_batched_to_so": round(total[f"molma-exact-batched-K{k}"] / so, 3)}
             out["objectives"] = {"per_k": per_k, "targets": "fast <= 1.10 at every K; exact <= 2.5 at K = 8",
                                  "met_fast": all(v["ratio_fast_to_so"] <= 1.10 for v in per_k.values()),
-                                 "met_exact_k8": per_k.get(8, {}).get("ratio_exact_to_so", 99) <= 2.5}
+                                 "met_exact_k8": min(per_k.get(8, {}).get("ratio_exact_to_so", 99),
+                                                     per_k.get(8, {}).get("ratio_exact_batched_to_so", 99)) <= 2.5}
         if "agreement" in parts:
             out["agreement"] = precision_agreement(args, tmp)
     out["loadavg_end"] = os.getloadavg()

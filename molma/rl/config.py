@@ -142,6 +142,10 @@ class TrainConfig:
     # exact: K full gradients; fast: Gramian at the per-token log-probs, one backward; subset: Gramian
     # from the last transformer block's trainable parameters only (GAPO's memory saver), one backward
     gradient_mode: Literal["exact", "fast", "subset"] = "exact"
+    # exact mode's K vector-Jacobian products: loop (K autograd.grad calls through the one graph) or batched
+    # (one call, vmapped over the K cotangents; falls back to the loop with a warning where an op has no
+    # batching rule); the gradients are the same
+    gradient_vjp: Literal["loop", "batched"] = "loop"
     gapo_p: int = 2  # GAPO's gradient rescaling power (1 or 2)
     modulate_critic: bool = False  # True: L_k = APA_k + value_k is modulated (Algorithm 1 verbatim)
     # --- optimisation (paper: AdamW 0.9/0.95, eps 1e-5, wd 0.1, clip 1.0, lr 1e-6 constant)

@@ -215,7 +215,7 @@ class MultiObjectiveTrainer:
             kwargs["p"] = cfg.gapo_p
         if cfg.gradient_mode == "subset":
             kwargs["subset_params"] = last_layer_parameters(self.policy)
-        return MultiObjectiveBackward(params, cfg.gradient_method, mode=cfg.gradient_mode,
+        return MultiObjectiveBackward(params, cfg.gradient_method, mode=cfg.gradient_mode, vjp=cfg.gradient_vjp,
                                       clip_norm=cfg.clip_norm, layout=self.layout, **kwargs)
 
     @property
