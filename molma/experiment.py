@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 import molma
 from molma.config import check_range, from_dict, load_config, to_dict
@@ -847,6 +848,44 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     return root
 
 
+def summarise_runs(root: Path) -> dict[str, dict]:
+    """Per RL run of ``root/runs``: algorithm, loss, wall time, and the median seconds per iteration of each
+    phase (generation, scoring, reference, training, total) with the generated tokens per iteration, from
+    its ``run.json`` and ``metrics.jsonl``: the cost of each method at the same rollout budget."""
+    import statistics
+
+    out = {}
+    for folder in sorted(p for p in (root / "runs").iterdir() if (p / "run.json").is_file()):
+        run = json.loads((folder / "run.json").read_text())
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        settings = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+        phases = sorted({k for r in rows for k in r if k.startswith("time/")})
+        out[folder.name] = {
+            "algo": run.get("algo"), "loss": _policy_loss(settings), "iterations": len(rows),
+            "wall_time_s": run.get("wall_time_s"),
+            "rollouts_per_iteration": settings.get("experience_size"),
+            "response_tokens_mean": round(statistics.fmean(r.get("response_tokens", 0.0) for r in rows), 2)
+            if rows else None,
+            "median_seconds_per_iteration": {k.removeprefix("time/"): round(statistics.median(
+                r[k] for r in rows if k in r), 3) for k in phases},
+            "train_kl_last": rows[-1].get("kl") if rows else None}
+    return out
+
+
+def _policy_loss(settings: dict) -> str | None:
+    """The loss a run's saved settings resolve to (``loss: auto`` -> apa / ppo / grpo)."""
+    import dataclasses
+
+    from molma.rl import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # config.yaml also records e.g. processes
+    try:
+        return from_dict(TrainConfig, {k: v for k, v in settings.items() if k in known},
+                         source="run config").policy_loss
+    except (TypeError, ValueError):
+        return settings.get("loss")
+
+
 # the files of a finished experiment that are worth keeping in the repository: (source under OUT, name in DEST)
 PUBLISHED_FILES = [("config.yaml", "config.yaml"),
                    ("data/data.json", "data.json"), ("rm/results.json", "rm_results.json"),
@@ -872,7 +911,8 @@ def publish_results(root: str | Path, dest: str | Path, title: str | None = None
 
     cfg = load_config(ExperimentConfig, str(root / "config.yaml"))
     meta = json.loads((root / "experiment.json").read_text()) if (root / "experiment.json").is_file() else {}
-    facts = evidence(load_result(root / "eval", versus="molma"), plan_runs(cfg)[0], main_seed=cfg.seed)
+    facts = evidence(load_result(root / "eval", versus="molma"), {**plan_runs(cfg)[0], **plan_soups(cfg)},
+                     main_seed=cfg.seed)
     for sub in ("report", "sweeps"):
         shutil.rmtree(dest / sub, ignore_errors=True)
     for src, name in PUBLISHED_FILES:
@@ -885,6 +925,9 @@ def publish_results(root: str | Path, dest: str | Path, title: str | None = None
             (dest / "sweeps").mkdir(exist_ok=True)
             shutil.copyfile(path, dest / "sweeps" / (path.name if sub == "sweep" else f"pareto-{path.name}"))
     write_evidence(dest, facts, meta)
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(dest / "runs.json", json.dumps(summarise_runs(root), indent=2))
     build_report(root, out_dir=dest / "report", title=title or cfg.title, n_examples=0)
     print(f"published {root} -> {dest}", flush=True)
     return dest

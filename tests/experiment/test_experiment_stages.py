@@ -113,7 +113,11 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     assert [published["models"][m]["seed"] for m in ("ref", "molma", "molma-s1")] == [None, 0, 1]
     assert {p.name for p in pub.iterdir()} == {"evidence.md", "evidence.json", "config.yaml", "data.json",
                                               "rm_results.json", "rm_selection.json", "eval_summary.json",
-                                              "sweeps", "report"}
+                                              "sweeps", "report", "runs.json"}
+    assert published["models"]["soup-w0.5"]["algo"] == "rewarded-soup"
+    costs = json.loads((pub / "runs.json").read_text())  # each method's cost at the same rollout budget
+    assert set(costs) == set(runs) and costs["molma"]["loss"] == "apa" and costs["molma"]["iterations"] == 1
+    assert costs["molma"]["median_seconds_per_iteration"]["total"] > 0
     assert (pub / "sweeps" / "so-weighted.json").exists() and (pub / "report" / "report.md").exists()
     assert (pub / "sweeps" / "pareto-soup.json").exists()
     assert not list(pub.rglob("*.safetensors")) and not list(pub.rglob("responses.jsonl"))
