@@ -47,15 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     child = subprocess.Popen(command)
     root = psutil.Process(child.pid)
     peak, samples = 0, 0
+    timeline: list[list[float]] = []  # [seconds, GiB, processes] every ~10 s: which stage holds the peak
     while child.poll() is None:
-        peak = max(peak, tree_rss(root))
+        rss = tree_rss(root)
+        peak = max(peak, rss)
         samples += 1
+        now = time.perf_counter() - t0
+        if not timeline or now - timeline[-1][0] >= 10.0:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                timeline.append([round(now, 1), round(rss / GIB, 2), 1 + len(root.children(recursive=True))])
         time.sleep(args.interval)
     wall = time.perf_counter() - t0
     record = {"benchmark": "peak resident memory of a command's process tree (sampled)",
               "command": " ".join(command), "exit_code": child.returncode, "wall_s": round(wall, 1),
               "peak_rss_gib": round(peak / GIB, 2), "samples": samples, "interval_s": args.interval,
               "target_gib": args.target_gib, "within_target": peak / GIB <= args.target_gib,
+              "timeline_s_gib_processes": timeline,
               "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
                           "platform": platform.platform(), "python": platform.python_version()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ a killed run resumes at the first unfinished stage):
                  held-out set, with the number of pairs.
 3. ``runs/``     every method (seed ``seed``), extra seeds of some methods, the SO-weighted weight sweep
                  (Fig. 4) and the preference sweeps (Pareto fronts); ``workers`` runs them in parallel.
+   ``soups/``    Rewarded Soups of two finished runs (``soup_runs``, ``soup_weights``): exact LoRA
+                 interpolations, evaluated with the others and drawn as the ``soup`` Pareto front.
 4. ``eval/``     every policy and the reference answer the same held-out prompts with the same seed; both
                  judges score them; KL to the reference.
 5. ``report/``   HTML + Markdown report; ``evidence.json`` with every paired comparison; the printed table
@@ -750,9 +752,11 @@ def evidence_markdown(facts: dict, meta: dict | None = None) -> str:
     lines += table("Every model against the reference (A = the model, B = ref)", facts["vs_reference"], "model")
     lines += table("MOLMA (seed 0) against every model (A = molma)", facts["molma_vs"], "opponent")
     if meta:
-        lines += ["", f"Wall time of the stages: {meta.get('stage_seconds_total', 0) / 60:.1f} min "
-                  f"(precision {meta.get('precision')}, {meta.get('threads')} torch thread(s) per process, "
-                  f"{meta.get('cpu_count')} CPU cores)."]
+        workers = (meta.get("config") or {}).get("workers", 1)
+        parallel = f"; up to {workers} runs at a time, so the wall time is shorter" if workers > 1 else ""
+        lines += ["", f"Sum of the stage times: {meta.get('stage_seconds_total', 0) / 60:.1f} min (each RL run's own "
+                  f"time counted{parallel}; precision {meta.get('precision')}, {meta.get('threads')} torch "
+                  f"thread(s) per process, {meta.get('cpu_count')} CPU cores)."]
     return "\n".join(lines) + "\n"
 
 
