@@ -833,8 +833,19 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     from molma.eval import build_report, load_result
     result = load_result(eval_dir, versus="molma")
     facts = evidence(result, {**runs, **soups}, main_seed=cfg.seed)
+    wall = round(time.perf_counter() - t_start, 1)
+    # an experiment finished over several invocations of one config (resumed after a kill, or rerun only to
+    # publish): keep each finished one's wall time and the stages it ran, so the cost stays on record when the
+    # last invocation only reuses stages; another config starts the record anew
+    previous = json.loads((root / f"{label}.json").read_text()) if (root / f"{label}.json").is_file() else {}
+    if previous.get("config") != to_dict(cfg):
+        previous = {}
+    ran = [name for name in stages.timings if name not in stages.reused]
+    invocations = [*previous.get("invocations", []),
+                   {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": wall, "stages_run": ran}]
     meta = {"config": to_dict(cfg), "stage_seconds": stages.timings, "reused_stages": stages.reused,
-            "wall_time_s": round(time.perf_counter() - t_start, 1),
+            "wall_time_s": wall, "invocations": invocations,
+            "wall_time_s_all_invocations": round(sum(i["wall_s"] for i in invocations), 1),
             "stage_seconds_total": round(sum(stages.timings.values()), 1),
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "precision": resolve_precision(cfg.precision), "molma": molma.__version__}

@@ -104,6 +104,9 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     run_experiment(str(config))
     printed = capsys.readouterr().out
     assert "running" not in printed and printed.count("reused") >= 8
+    record = json.loads((out / "experiment.json").read_text())  # both invocations stay on record
+    assert len(record["invocations"]) == 2 and record["invocations"][1]["stages_run"] == []
+    assert record["wall_time_s_all_invocations"] >= record["invocations"][0]["wall_s"]
     # publishing copies the results (no weights, no responses) and a report without example prompts
     from molma.experiment import publish_results
 
