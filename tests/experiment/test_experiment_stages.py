@@ -163,3 +163,22 @@ def test_a_stage_rerun_under_other_settings_never_sees_the_files_of_the_old_one(
     stages.run("evaluation", folder, "key-a", lambda: evaluate("again"))  # same settings: reused, not rerun
     stages.run("evaluation", folder, "key-b", lambda: evaluate("b"))  # changed settings: a clean folder
     assert seen == [[], []] and sorted(p.name for p in folder.iterdir()) == [".stage-key", "responses-b.jsonl"]
+
+
+def _environment_variable(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+def test_worker_processes_start_with_the_configured_mmap_threshold():
+    """worker_mmap_threshold reaches the workers' environment (glibc reads it at start) and is not left in
+    the parent's environment afterwards."""
+    import os
+
+    from molma.experiment import _worker_pool
+
+    before = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    with _worker_pool(1, 1048576) as pool:
+        assert pool.submit(_environment_variable, "MALLOC_MMAP_THRESHOLD_").result() == "1048576"
+    assert os.environ.get("MALLOC_MMAP_THRESHOLD_") == before
