@@ -548,7 +548,7 @@ def _worker_pool(n: int, mmap_threshold: int | None = None):
     # process per job costs a few seconds of start-up and starts from nothing
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     # glibc reads MALLOC_MMAP_THRESHOLD_ when a process starts, and spawned workers inherit the environment
-    # of the moment they start, i.e. of the first submit: set it for the pool's lifetime (restored by _restore)
+    # of the moment they start, set it while the pool is open (_PoolWithEnv restores it)
     env = {"MALLOC_MMAP_THRESHOLD_": str(int(mmap_threshold))} if mmap_threshold else {}
     return _PoolWithEnv(ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), **fresh), env)
 
