@@ -12,6 +12,10 @@ a killed run resumes at the first unfinished stage):
 2. ``rm/``       RMhelp (builtin pairs: no real helpfulness preference data is reachable offline) and
                  RMsafe (real HH-RLHF pairs of the train dialogues, or builtin pairs); Table 2 on every
                  held-out set, with the number of pairs.
+   ``lr-search/`` (with ``lr_search``) the learning rate of some methods, chosen on the *validation* prompts:
+                 each is trained at every candidate rate, the policies answer the validation prompts, and
+                 the rate with the largest smaller mean reward gain over the reference is kept
+                 (``lr-search/selection.json``); the chosen run becomes the method's main run.
 3. ``runs/``     every method (seed ``seed``), extra seeds of some methods, the SO-weighted weight sweep
                  (Fig. 4) and the preference sweeps (Pareto fronts); ``workers`` runs them in parallel.
    ``soups/``    Rewarded Soups of two finished runs (``soup_runs``, ``soup_weights``): exact LoRA
@@ -91,6 +95,10 @@ class ExperimentConfig:
     train: dict[str, Any] = field(default_factory=dict)
     # per-algorithm TrainConfig overrides on top of train, e.g. {gapo: {lr: 1.0e-3}} (sweep runs included)
     algo_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # learning rates chosen on the validation prompts (never the held-out ones), see choose_learning_rate:
+    # {lrs: [1.0e-3, 3.0e-3], algos: {molma: [], so-weighted: [so-help, so-safe]}} trains molma and so-weighted
+    # at each lr (main seed) and gives so-help and so-safe so-weighted's choice; {} for none
+    lr_search: dict[str, Any] = field(default_factory=dict)
     algos: list[str] = field(default_factory=lambda: ["molma", "so-help", "so-safe", "so-weighted",
                                                       "so-piecewise", "gapo"])
     extra_seeds: dict[str, list[int]] = field(default_factory=dict)  # e.g. {molma: [1], so-weighted: [1]}
@@ -155,7 +163,43 @@ class ExperimentConfig:
         if self.soup_weights and (len(self.soup_runs) != 2 or not set(self.soup_runs) <= set(self.algos)):
             raise ValueError(f"soup_runs must name two of algos {self.algos} (the soup's ends), got "
                              f"{self.soup_runs}")
+        self._check_lr_search()
         self._check_stage_settings()
+
+    def _check_lr_search(self) -> None:
+        if not self.lr_search:
+            return
+        unknown = set(self.lr_search) - {"lrs", "algos"}
+        if unknown:
+            raise ValueError(f"lr_search: unknown key(s) {sorted(unknown)} (expected lrs, algos)")
+        lrs = self.lr_search.get("lrs")
+        if not isinstance(lrs, list) or len(lrs) < 2 or len(set(map(float, lrs))) != len(lrs):
+            raise ValueError(f"lr_search.lrs: give at least two different learning rates, got {lrs!r}")
+        for lr in lrs:
+            check_range("lr_search.lrs", float(lr), low=0.0, low_open=True)
+        groups = self.lr_search.get("algos")
+        if not isinstance(groups, dict) or not groups:
+            raise ValueError("lr_search.algos: map each searched algorithm to the algorithms that take its "
+                             f"learning rate (a list, may be empty), got {groups!r}")
+        planned = {*self.algos, *self.pareto_algos}
+        seen: list[str] = []
+        for algo, followers in groups.items():
+            if algo not in self.algos:
+                raise ValueError(f"lr_search.algos: {algo!r} is searched, so it must be in algos {self.algos} "
+                                 "(its main run is the search's run at the chosen rate)")
+            if not isinstance(followers, list):
+                raise ValueError(f"lr_search.algos.{algo}: expected a list of algorithms, got {followers!r}")
+            for name in [algo, *followers]:
+                if name not in planned:
+                    raise ValueError(f"lr_search.algos names {name!r}, which is not in algos {self.algos} or "
+                                     f"pareto_algos {self.pareto_algos}")
+                if name in seen:
+                    raise ValueError(f"lr_search.algos names {name!r} twice")
+                if "lr" in self.algo_train.get(name, {}):
+                    raise ValueError(f"algo_train.{name}.lr and lr_search both set {name}'s learning rate")
+                seen.append(name)
+        if self.prompt_validation_fraction <= 0:
+            raise ValueError("lr_search needs validation prompts (prompt_validation_fraction > 0)")
 
     def _check_stage_settings(self) -> None:
         """Build the RL and reward-model settings now, so a bad key or value in ``train`` / ``rm*`` fails
@@ -503,9 +547,13 @@ def plan_runs(cfg: ExperimentConfig) -> tuple[dict[str, RunSpec], dict[str, list
     return runs, sweep, pareto
 
 
-def _train_settings(cfg: ExperimentConfig, rm_dir: Path, data_dir: Path, spec: RunSpec, out: Path) -> dict:
+def _train_settings(cfg: ExperimentConfig, rm_dir: Path, data_dir: Path, spec: RunSpec, out: Path,
+                    lr: float | None = None) -> dict:
+    """A run's TrainConfig settings; ``lr`` (the learning-rate search's choice) overrides ``train`` and
+    ``algo_train``."""
     settings = {"model": cfg.model, "seed": cfg.seed, "precision": cfg.precision, **cfg.train,
-                **cfg.algo_train.get(spec.algo, {}), "algo": spec.algo, "out": str(out),
+                **cfg.algo_train.get(spec.algo, {}), **({"lr": float(lr)} if lr is not None else {}),
+                "algo": spec.algo, "out": str(out),
                 "objectives": {"help": str(rm_dir / "rm-help"), "safe": str(rm_dir / "rm-safe")},
                 "prompts": {tag: str(data_dir / f"{tag}-train.jsonl") for tag in POOLS},
                 "heldout_fraction": 0.0, "progress": cfg.workers == 1}
@@ -637,9 +685,10 @@ def _eval_config(cfg: ExperimentConfig, versus: str | None = "molma"):
                       progress=cfg.workers == 1)
 
 
-def _evaluate_models(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str], prompts: list, out: Path):
-    """evaluate_models on ``models`` (the reference among them, as the KL reference) into ``out``; also the
-    body of a worker process."""
+def _evaluate_models(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str], prompts: list, out: Path,
+                     versus: str | None = None):
+    """evaluate_models on ``models`` (the reference among them, as the KL reference) into ``out``, win rates
+    of ``versus`` (default: MOLMA when present); also the body of a worker process."""
     from molma.eval import evaluate_models
     from molma.rl import load_policy
 
@@ -649,13 +698,23 @@ def _evaluate_models(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str]
     def loader(spec: str):
         return load_policy(spec) if spec != cfg.model else _load_reference(cfg.model)
 
-    versus = "molma" if "molma" in models else None  # a worker's share may not hold MOLMA
+    if versus is None:
+        versus = "molma" if "molma" in models else None  # a worker's share may not hold MOLMA
     return evaluate_models(models, prompts, _judges(cfg, rm_dir), _eval_config(cfg, versus), out_dir=out,
                            loader=loader)
 
 
+def _evaluate_all(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str], prompts: list, out: Path,
+                  versus: str = "molma"):
+    """Every model of ``models`` (the reference "ref" among them) on ``prompts``: ``workers`` processes when
+    there are several, else this one."""
+    if cfg.workers > 1 and len(models) > 2:
+        return _evaluate_in_parallel(cfg, rm_dir, models, prompts, out, versus)
+    return _evaluate_models(cfg, rm_dir, models, prompts, out, versus)
+
+
 def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str, str], prompts: list,
-                          out: Path):
+                          out: Path, versus: str = "molma"):
     """``workers`` processes each evaluate a share of the models (and the reference, for the KL) into
     ``out/part-<i>``; the parts are merged into ``out`` (responses.jsonl, summary.json) and the result of
     all models returned. The reference's responses are the same in every part (same prompts and seed)."""
@@ -667,7 +726,8 @@ def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str,
     groups = [g for g in groups if g]
     parts = [out / f"part-{i}" for i in range(len(groups))]
     with _worker_pool(len(groups)) as pool:
-        futures = [pool.submit(_evaluate_models, cfg, rm_dir, {m: models[m] for m in [*g, "ref"]}, prompts, part)
+        futures = [pool.submit(_evaluate_models, cfg, rm_dir, {m: models[m] for m in [*g, "ref"]}, prompts, part,
+                               versus if versus in [*g, "ref"] else None)
                    for g, part in zip(groups, parts)]
         for future in futures:
             future.result()
@@ -687,7 +747,7 @@ def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str,
     config["parallel_parts"] = [str(p.name) for p in parts]
     order = list(models)
     records.sort(key=lambda r: (order.index(r.model), r.prompt_id))
-    result = compute_result(records, "molma", 0.0, kl, out, order, None, timings, config, details)
+    result = compute_result(records, versus, 0.0, kl, out, order, None, timings, config, details)
     write_responses(out / RESPONSES, records)
     write_summary(out, result)
     return result
@@ -701,10 +761,7 @@ def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, r
     soups = plan_soups(cfg)
     models = {"ref": cfg.model, **{name: str(root / "runs" / name / "final") for name in runs},
               **{name: str(root / "soups" / name.removeprefix("soup-")) for name in soups}}
-    if cfg.workers > 1 and len(models) > 2:
-        result = _evaluate_in_parallel(cfg, rm_dir, models, prompts, root / "eval")
-    else:
-        result = _evaluate_models(cfg, rm_dir, models, prompts, root / "eval")
+    result = _evaluate_all(cfg, rm_dir, models, prompts, root / "eval")
     if sweep:
         write_sweep(root / "sweep" / "so-weighted.json",
                     sweep_from_result(result, sweep, "SO-weighted", versus="molma", baseline="molma",
@@ -718,6 +775,136 @@ def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, r
         members = {first: [1.0, 0.0], **{name: spec.importance for name, spec in soups.items()}, second: [0.0, 1.0]}
         write_sweep(root / "pareto" / "soup.json",
                     sweep_from_result(result, members, "Rewarded soups", versus=None, baseline=None))
+
+
+def _run_key(rm_key: str, data_key: str, settings: dict) -> str:
+    """A run's stage key: its judges, its prompts and every setting that changes what it learns (its folder
+    included, so two runs never share one)."""
+    return _hash("run", rm_key, data_key, {k: v for k, v in settings.items() if k not in LOGGING_KEYS})
+
+
+def adopt_finished_run(stages: Stages, src_name: str, src: Path, src_key: str, dst_name: str, dst: Path,
+                       dst_key: str) -> bool:
+    """Copy the finished run ``src`` (stage ``src_name`` done under ``src_key``) to ``dst`` and mark stage
+    ``dst_name`` done under ``dst_key``, unless ``dst`` is done already. The caller passes as ``src_key`` the key
+    ``src`` has with ``dst``'s settings (only the folder differs), so a run is only ever copied to settings it
+    was trained with. The copy's ``config.yaml`` and ``run.json`` name their new folder. Returns whether it
+    copied."""
+    import shutil
+
+    if stages.is_done(dst_name, dst, dst_key) or not stages.is_done(src_name, src, src_key):
+        return False
+    partial = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(src, partial)
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(partial / ".stage-key", dst_key + "\n")
+    for meta in ("config.yaml", "run.json"):  # the settings it records: same but the folder
+        if (partial / meta).is_file():
+            text = (partial / meta).read_text()
+            write_text_atomic(partial / meta, text.replace(str(src), str(dst)))
+    shutil.rmtree(dst, ignore_errors=True)
+    partial.rename(dst)
+    stages.markers.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stages._marker(dst_name), json.dumps({"key": dst_key, "seconds": 0.0, "folder": str(dst),
+                                                            "copied_from": str(src)}))
+    stages.reused.append(dst_name)
+    stages.timings[dst_name] = 0.0
+    print(f"[{stages.label}] {dst_name}: copied from {src} (trained with the same settings)", flush=True)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ 3a. lr search
+LR_RULE = ("the learning rate whose smaller mean reward gain over the reference (of the two objectives) on the "
+           "validation prompts is largest; ties go to the smaller rate")
+
+
+def choose_learning_rate(gains: dict[float, dict[str, float]]) -> float:
+    """The learning rate whose *smaller* mean reward gain over the reference (across objectives) is largest:
+    a rate that buys one objective with the other loses to one that helps both. Ties (within 1e-12) go to
+    the smaller rate, which moves the policy less. ``gains[lr][objective]`` = mean(model - reference)."""
+    if not gains:
+        raise ValueError("choose_learning_rate: no candidates")
+    worst = {lr: min(g.values()) for lr, g in gains.items()}
+    best = max(worst.values())
+    return min(lr for lr, w in worst.items() if w >= best - 1e-12)
+
+
+def _lr_search_run(root: Path, algo: str, lr: float) -> tuple[str, Path]:
+    """The stage name and folder of ``algo``'s search run at ``lr``."""
+    label = f"{algo}-lr{lr:g}"
+    return f"lr-search-{label}", root / "lr-search" / "runs" / label
+
+
+def _validation_prompts(data_dir: Path) -> list:
+    """Every validation prompt of both pools (set aside from training; never the held-out ones)."""
+    from molma.rl.prompts import load_pool
+
+    prompts = []
+    for tag in POOLS:
+        path = data_dir / f"{tag}-validation.jsonl"
+        if path.is_file() and path.read_text().strip():
+            prompts += load_pool(str(path), tag)
+    if not prompts:
+        raise ValueError(f"{data_dir}: no validation prompts for lr_search (raise prompt_validation_fraction)")
+    return prompts
+
+
+def _search_learning_rates(cfg: ExperimentConfig, stages: Stages, root: Path, rm_dir: Path, rm_key: str,
+                           data_dir: Path, data_key: str) -> dict[str, float]:
+    """``lr_search``: train each searched algorithm (main seed, every other setting as its main run) at every
+    candidate rate, let the policies and the reference answer the validation prompts (both judges, KL to the
+    reference), choose by :data:`LR_RULE` and write ``lr-search/selection.json``. Returns {algo: chosen lr}."""
+    if not cfg.lr_search:
+        return {}
+    from molma.eval import load_result
+
+    lrs = [float(x) for x in cfg.lr_search["lrs"]]
+    jobs: dict[str, tuple[Path, str, dict]] = {}
+    for algo in cfg.lr_search["algos"]:
+        for lr in lrs:
+            name, folder = _lr_search_run(root, algo, lr)
+            settings = _train_settings(cfg, rm_dir, data_dir, RunSpec(algo), folder, lr)
+            jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
+            # a main run an earlier invocation trained at this rate (e.g. before the search was configured)
+            main = root / "runs" / algo
+            main_key = _run_key(rm_key, data_key, _train_settings(cfg, rm_dir, data_dir, RunSpec(algo), main, lr))
+            adopt_finished_run(stages, f"train {algo}", main, main_key, f"train {name}", folder, jobs[name][1])
+    _run_all(cfg, stages, jobs)
+    labels = {name: folder.name for name, (folder, _, _) in jobs.items()}  # model names in the evaluation
+    models = {"ref": cfg.model, **{labels[name]: str(folder / "final") for name, (folder, _, _) in jobs.items()}}
+    prompts = _validation_prompts(data_dir)
+    eval_dir = root / "lr-search" / "eval"
+    eval_key = _hash("lr search eval", {n: k for n, (_, k, _) in jobs.items()}, data_key, cfg.eval_max_new_tokens,
+                     cfg.eval_batch_size, cfg.seed, cfg.precision)
+    stages.run("lr search evaluation", eval_dir, eval_key,
+               lambda: _evaluate_all(cfg, rm_dir, models, prompts, eval_dir, versus="ref"))
+    result = load_result(eval_dir, versus="ref")
+    chosen: dict[str, float] = {}
+    report: dict[str, Any] = {"rule": LR_RULE, "lrs": lrs, "n_prompts": len(result.prompt_ids),
+                              "prompts_per_pool": {t: sum(p.tag == t for p in prompts) for t in POOLS},
+                              "algos": {}}
+    for algo, followers in cfg.lr_search["algos"].items():
+        rows, gains = [], {}
+        for lr in lrs:
+            model = labels[_lr_search_run(root, algo, lr)[0]]
+            vs_ref = result.compare(model, "ref")
+            gains[lr] = {o: float(c["mean_diff"]) for o, c in vs_ref.items()}
+            rows.append({"lr": lr, "model": model, "kl": result.kl.get(model), "smaller_gain": min(gains[lr].values()),
+                         "vs_reference": {o: {k: c[k] for k in ("mean_diff", "diff_ci_low", "diff_ci_high",
+                                                                  "win_excl_ties", "sign_p", "n_win", "n_tie",
+                                                                  "n_loss", "n_identical_ties")}
+                                          for o, c in vs_ref.items()}})
+        chosen[algo] = choose_learning_rate(gains)
+        report["algos"][algo] = {"chosen_lr": chosen[algo], "also_used_by": list(followers), "candidates": rows}
+        print(f"[{stages.label}] lr search {algo}: " + ", ".join(
+            f"lr {r['lr']:g} gains " + " / ".join(f"{g:+.3f}" for g in gains[r['lr']].values()) for r in rows)
+            + f" -> lr {chosen[algo]:g}" + (f" (also for {', '.join(followers)})" if followers else ""), flush=True)
+    from molma.atomic import write_text_atomic
+
+    write_text_atomic(root / "lr-search" / "selection.json", json.dumps(report, indent=2, default=float))
+    return chosen
 
 
 def _load_reference(name: str):
@@ -840,14 +1027,20 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
                    *([cfg.rm_safe_candidates] if cfg.rm_safe_candidates else []))
     stages.run("reward models", rm_dir, rm_key, lambda: _train_rms(cfg, rm_dir))
 
-    # 3. RL runs
+    # 3. RL runs (the learning rates of lr_search's algorithms chosen first, on the validation prompts)
+    searched = _search_learning_rates(cfg, stages, root, rm_dir, rm_key, data_dir, data_key)
+    chosen_lr = {name: lr for algo, lr in searched.items()
+                 for name in [algo, *cfg.lr_search["algos"][algo]]}
     runs, sweep, pareto = plan_runs(cfg)
     jobs = {}
     for name, spec in runs.items():
         folder = root / "runs" / name
-        settings = _train_settings(cfg, rm_dir, data_dir, spec, folder)
-        learning = {k: v for k, v in settings.items() if k not in LOGGING_KEYS}
-        jobs[name] = (folder, _hash("run", rm_key, data_key, learning), settings)
+        settings = _train_settings(cfg, rm_dir, data_dir, spec, folder, chosen_lr.get(spec.algo))
+        jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
+    for algo, lr in searched.items():  # the search's run at the chosen rate is the main run: no retraining
+        name, folder = _lr_search_run(root, algo, lr)
+        key = _run_key(rm_key, data_key, _train_settings(cfg, rm_dir, data_dir, RunSpec(algo), folder, lr))
+        adopt_finished_run(stages, f"train {name}", folder, key, f"train {algo}", *jobs[algo][:2])
     _run_all(cfg, stages, jobs)
     soups = plan_soups(cfg)
     soup_key = None
@@ -876,7 +1069,8 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     ran = [name for name in stages.timings if name not in stages.reused]
     invocations = [*previous.get("invocations", []),
                    {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": wall, "stages_run": ran}]
-    meta = {"config": to_dict(cfg), "stage_seconds": stages.timings, "reused_stages": stages.reused,
+    meta = {"config": to_dict(cfg), "chosen_lr": chosen_lr, "stage_seconds": stages.timings,
+            "reused_stages": stages.reused,
             "wall_time_s": wall, "invocations": invocations,
             "wall_time_s_all_invocations": round(sum(i["wall_s"] for i in invocations), 1),
             "stage_seconds_total": round(sum(stages.timings.values()), 1),
@@ -942,7 +1136,9 @@ def _policy_loss(settings: dict) -> str | None:
 # the files of a finished experiment that are worth keeping in the repository: (source under OUT, name in DEST)
 PUBLISHED_FILES = [("config.yaml", "config.yaml"),
                    ("data/data.json", "data.json"), ("rm/results.json", "rm_results.json"),
-                   ("rm/candidates/selection.json", "rm_selection.json"), ("eval/summary.json", "eval_summary.json")]
+                   ("rm/candidates/selection.json", "rm_selection.json"), ("eval/summary.json", "eval_summary.json"),
+                   ("lr-search/selection.json", "lr_selection.json"),
+                   ("lr-search/eval/summary.json", "lr_search_eval_summary.json")]
 
 
 def publish_results(root: str | Path, dest: str | Path, title: str | None = None) -> Path:

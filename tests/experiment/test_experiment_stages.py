@@ -182,3 +182,87 @@ def test_worker_processes_start_with_the_configured_mmap_threshold():
     with _worker_pool(1, 1048576) as pool:
         assert pool.submit(_environment_variable, "MALLOC_MMAP_THRESHOLD_").result() == "1048576"
     assert os.environ.get("MALLOC_MMAP_THRESHOLD_") == before
+
+
+def test_learning_rate_rule_keeps_the_rate_with_the_best_worse_objective():
+    from molma.experiment import choose_learning_rate
+
+    # smaller gains: 0.07, 0.065, -0.067 -> 1e-3 (session 5's numbers: the rule is fixed, not the outcome)
+    gains = {1e-3: {"help": 0.070, "safe": 0.091}, 3e-3: {"help": 0.214, "safe": 0.065},
+             1e-2: {"help": 0.199, "safe": -0.067}}
+    assert choose_learning_rate(gains) == 1e-3
+    gains[3e-3]["safe"] = 0.08  # now 3e-3's worse objective beats 1e-3's
+    assert choose_learning_rate(gains) == 3e-3
+    assert choose_learning_rate({2e-3: {"a": 0.1, "b": 0.2}, 1e-3: {"a": 0.2, "b": 0.1}}) == 1e-3  # tie: smaller
+    with pytest.raises(ValueError):
+        choose_learning_rate({})
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"lrs": [1e-3], "algos": {"molma": []}}, "at least two"),
+    ({"lrs": [1e-3, 1e-3], "algos": {"molma": []}}, "at least two"),
+    ({"lrs": [1e-3, -1.0], "algos": {"molma": []}}, "lr_search.lrs"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"gapo": []}}, "'gapo'"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"molma": ["molma"]}}, "twice"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"so-weighted": []}}, "both set"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"molma": []}, "rule": "mean"}, "unknown key"),
+])
+def test_lr_search_settings_are_checked_before_anything_runs(search, message):
+    from molma.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig(algos=["molma", "so-weighted"], algo_train={"so-weighted": {"lr": 2e-3}}, lr_search=search)
+
+
+def test_a_finished_run_is_copied_only_to_the_settings_it_was_trained_with(tmp_path):
+    from molma.experiment import Stages, adopt_finished_run
+
+    stages = Stages(tmp_path / "out", "test")
+    src, dst = tmp_path / "out" / "runs" / "molma", tmp_path / "out" / "lr-search" / "runs" / "molma-lr0.001"
+    (src / "final").mkdir(parents=True)
+    (src / "final" / "adapter_model.safetensors").write_bytes(b"weights")
+    (src / "config.yaml").write_text(f"lr: 0.001\nout: {src}\n")
+    stages.mark_done("train molma", src, "k-src", 12.0)
+    assert not adopt_finished_run(stages, "train molma", src, "k-other", "train search", dst, "k-dst")
+    assert not dst.exists()  # the source's recorded settings differ: nothing copied
+    assert adopt_finished_run(stages, "train molma", src, "k-src", "train search", dst, "k-dst")
+    assert (dst / "final" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert yaml.safe_load((dst / "config.yaml").read_text())["out"] == str(dst)
+    assert stages.is_done("train search", dst, "k-dst") and (dst / ".stage-key").read_text().strip() == "k-dst"
+    assert not adopt_finished_run(stages, "train molma", src, "k-src", "train search", dst, "k-dst")  # done
+
+
+def test_lr_search_chooses_on_validation_prompts_and_its_run_becomes_the_main_run(setup, capsys):
+    from molma.experiment import choose_learning_rate, run_experiment
+
+    root, base = setup
+    config = yaml.safe_load(base.read_text())
+    config.update(out=str(root / "out-lr"), algo_train={}, rm_safe_candidates=[], sweep_weights=[0.5],
+                  soup_weights=[], lr_search={"lrs": [1e-3, 3e-2], "algos": {"molma": [], "so-weighted": []}})
+    path = root / "experiment-lr.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_experiment(str(path))
+    capsys.readouterr()
+    selection = json.loads((out / "lr-search" / "selection.json").read_text())
+    assert set(selection["algos"]) == {"molma", "so-weighted"}
+    validation = {normalise_prompt(json.loads(line)["prompt"]) for pool in ("help", "safe")
+                  for line in (out / "data" / f"{pool}-validation.jsonl").read_text().splitlines()}
+    assert selection["n_prompts"] == len(validation)
+    answered = {normalise_prompt(json.loads(line)["prompt"])
+                for line in (out / "lr-search" / "eval" / "responses.jsonl").read_text().splitlines()}
+    assert answered == validation  # the choice never sees a held-out prompt
+    for algo, record in selection["algos"].items():
+        gains = {c["lr"]: {o: v["mean_diff"] for o, v in c["vs_reference"].items()} for c in record["candidates"]}
+        assert record["chosen_lr"] == choose_learning_rate(gains)
+        assert [c["lr"] for c in record["candidates"]] == [1e-3, 3e-2]
+    chosen = {a: r["chosen_lr"] for a, r in selection["algos"].items()}
+    lrs = {name: yaml.safe_load((out / "runs" / name / "config.yaml").read_text())["lr"]
+           for name in ("molma", "molma-s1", "so-weighted")}
+    assert lrs == {"molma": chosen["molma"], "molma-s1": chosen["molma"], "so-weighted": chosen["so-weighted"]}
+    # the main seed's run is the search's run at the chosen rate, copied, not trained again
+    marker = json.loads((out / ".stages" / "train-molma.json").read_text())
+    assert marker["copied_from"].endswith(f"molma-lr{chosen['molma']:g}")
+    assert yaml.safe_load((out / "runs" / "molma" / "config.yaml").read_text())["out"] == str(out / "runs" / "molma")
+    assert json.loads((out / "experiment.json").read_text())["chosen_lr"]["so-weighted"] == chosen["so-weighted"]
+    run_experiment(str(path))  # a second invocation reuses the search too
+    assert "running" not in capsys.readouterr().out
