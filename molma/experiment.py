@@ -754,11 +754,11 @@ def _evaluate_in_parallel(cfg: ExperimentConfig, rm_dir: Path, models: dict[str,
 
 
 def _evaluate(cfg: ExperimentConfig, root: Path, rm_dir: Path, data_dir: Path, runs: dict[str, RunSpec],
-              sweep: dict[str, list[float]], pareto: dict[str, dict[str, list[float]]]) -> None:
+              sweep: dict[str, list[float]], pareto: dict[str, dict[str, list[float]]],
+              soups: dict[str, RunSpec]) -> None:
     from molma.eval import sweep_from_result, write_sweep
 
     prompts = _eval_prompts(cfg, data_dir)
-    soups = plan_soups(cfg)
     models = {"ref": cfg.model, **{name: str(root / "runs" / name / "final") for name in runs},
               **{name: str(root / "soups" / name.removeprefix("soup-")) for name in soups}}
     result = _evaluate_all(cfg, rm_dir, models, prompts, root / "eval")
@@ -1053,7 +1053,7 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     eval_key = _hash("eval", {n: k for n, (_, k, _) in jobs.items()}, cfg.eval_prompts, cfg.eval_max_new_tokens,
                      cfg.eval_batch_size, cfg.seed, cfg.precision, *([soup_key] if soup_key else []))
     stages.run("evaluation", eval_dir, eval_key,
-               lambda: _evaluate(cfg, root, rm_dir, data_dir, runs, sweep, pareto))
+               lambda: _evaluate(cfg, root, rm_dir, data_dir, runs, sweep, pareto, soups))
 
     # 5. evidence and report
     from molma.eval import build_report, load_result
@@ -1108,7 +1108,7 @@ def summarise_runs(root: Path) -> dict[str, dict]:
         settings = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
         phases = sorted({k for r in rows for k in r if k.startswith("time/")})
         out[folder.name] = {
-            "algo": run.get("algo"), "loss": _policy_loss(settings), "iterations": len(rows),
+            "algo": run.get("algo"), "loss": _policy_loss(folder / "config.yaml", settings), "iterations": len(rows),
             "wall_time_s": run.get("wall_time_s"),
             "rollouts_per_iteration": settings.get("experience_size"),
             "response_tokens_mean": round(statistics.fmean(r.get("response_tokens", 0.0) for r in rows), 2)
@@ -1119,17 +1119,14 @@ def summarise_runs(root: Path) -> dict[str, dict]:
     return out
 
 
-def _policy_loss(settings: dict) -> str | None:
-    """The loss a run's saved settings resolve to (``loss: auto`` -> apa / ppo / grpo)."""
-    import dataclasses
+def _policy_loss(path: Path, settings: dict) -> str | None:
+    """The loss a run's saved ``config.yaml`` resolves to (``loss: auto`` -> apa / ppo / grpo); the recorded
+    ``loss`` when the file does not load as this version's TrainConfig."""
+    from molma.rl.config import load_run_config
 
-    from molma.rl import TrainConfig
-
-    known = {f.name for f in dataclasses.fields(TrainConfig)}  # config.yaml also records e.g. processes
     try:
-        return from_dict(TrainConfig, {k: v for k, v in settings.items() if k in known},
-                         source="run config").policy_loss
-    except (TypeError, ValueError):
+        return load_run_config(path).policy_loss
+    except (OSError, TypeError, ValueError):
         return settings.get("loss")
 
 

@@ -19,9 +19,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Config keys that are not TrainConfig fields: handled by the command (see the module docstring).
-EXTRA_KEYS = ("threads", "processes")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -93,8 +90,10 @@ def _load(args: argparse.Namespace, extra: dict | None = None):
     if section is not None and "threads" in top:  # a top-level threads: beside a train: section
         extras["threads"] = top["threads"]
     from molma.rl import TrainConfig
+    from molma.rl.config import RUN_CONFIG_EXTRA_KEYS  # handled here (see the module docstring)
 
-    cfg = load_config(TrainConfig, args.config, over, section=section, extra_keys=EXTRA_KEYS, extras=extras)
+    cfg = load_config(TrainConfig, args.config, over, section=section, extra_keys=RUN_CONFIG_EXTRA_KEYS,
+                      extras=extras)
     if "processes" in extras:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         (log.warning if extras["processes"] != world else log.info)(

@@ -339,3 +339,19 @@ class TrainConfig:
             "so-weighted": "weighted",
             "so-piecewise": "piecewise",
         }.get(base)
+
+
+#: Keys of a run's ``config.yaml`` besides the TrainConfig fields: ``threads`` (torch CPU threads) and
+#: ``processes`` (the process count the trainer records; torchrun / accelerate launch set the real one).
+RUN_CONFIG_EXTRA_KEYS = ("threads", "processes")
+
+
+def load_run_config(path) -> TrainConfig:
+    """A training run's saved ``config.yaml`` as a :class:`TrainConfig` (the keys of
+    :data:`RUN_CONFIG_EXTRA_KEYS` left out): the one reader for ``heldout:RUN`` prompts and the experiment's
+    cost summary. ``molma train --config`` reads the same file with the same extra keys, acting on them."""
+    from molma.config import load_config
+
+    with warnings.catch_warnings():  # a run written before report_to still names 'tensorboard'
+        warnings.simplefilter("ignore", FutureWarning)
+        return load_config(TrainConfig, path, extra_keys=RUN_CONFIG_EXTRA_KEYS)

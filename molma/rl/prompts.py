@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -71,17 +70,14 @@ def run_heldout_prompts(run_dir: str | Path) -> list[Prompt]:
     """The held-out prompts a training run set aside, rebuilt from its ``config.yaml`` (``prompts``,
     ``heldout_fraction``, ``seed``, ``first_turn``: the trainer's own split), pool after pool in the
     config's order. ``run_dir`` is the run folder or its ``final/``. ``molma eval --prompts heldout:RUN``."""
-    from molma.config import load_config
-    from molma.rl.config import TrainConfig
+    from molma.rl.config import load_run_config
 
     run_dir = Path(run_dir)
     path = next((d / "config.yaml" for d in (run_dir, run_dir.parent) if (d / "config.yaml").is_file()), None)
     if path is None:
         raise FileNotFoundError(f"heldout:{run_dir}: no config.yaml in {run_dir} (a training run folder, as "
                                 "molma train writes it)")
-    with warnings.catch_warnings():  # a run written before report_to still names 'tensorboard'
-        warnings.simplefilter("ignore", FutureWarning)
-        cfg = load_config(TrainConfig, path, extra_keys=("processes", "threads"))
+    cfg = load_run_config(path)
     if cfg.heldout_fraction <= 0:
         raise ValueError(f"heldout:{run_dir}: the run held no prompts out (heldout_fraction: 0 in {path})")
     _, heldout = train_heldout_pools(cfg.prompts, cfg.heldout_fraction, seed=cfg.seed, first_turn=cfg.first_turn)

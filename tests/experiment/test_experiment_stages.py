@@ -251,7 +251,7 @@ def test_lr_search_chooses_on_validation_prompts_and_its_run_becomes_the_main_ru
     answered = {normalise_prompt(json.loads(line)["prompt"])
                 for line in (out / "lr-search" / "eval" / "responses.jsonl").read_text().splitlines()}
     assert answered == validation  # the choice never sees a held-out prompt
-    for algo, record in selection["algos"].items():
+    for record in selection["algos"].values():
         gains = {c["lr"]: {o: v["mean_diff"] for o, v in c["vs_reference"].items()} for c in record["candidates"]}
         assert record["chosen_lr"] == choose_learning_rate(gains)
         assert [c["lr"] for c in record["candidates"]] == [1e-3, 3e-2]
