@@ -1,10 +1,12 @@
 """Mixed precision: ``precision: auto | fp32 | bf16 | fp16`` for every model forward in molma.
 
 Mixed precision, not a cast: parameters (and AdamW's state) stay float32; the forwards run under
-``torch.autocast`` in bf16 / fp16; the output layers (the LM head that gives token logits, a reward
-model's score head) run in float32 so log-softmax, token log-probabilities and scores keep float32
-resolution (a bf16 logit of magnitude 20 is only resolved to 0.125). Losses, advantages and whitening
-are computed outside the autocast region in float32; the gradient engine's Gramian stays float64.
+``torch.autocast`` in bf16 / fp16 (frozen linear layers with a half-precision copy of their weights made
+once per context: what autocast computes, without its cast at every call); the output layers (the LM head
+that gives token logits, a reward model's score head) run in float32 so log-softmax, token log-probabilities
+and scores keep float32 resolution (a bf16 logit of magnitude 20 is only resolved to 0.125). Losses,
+advantages and whitening are computed outside the autocast region in float32; the gradient engine's Gramian
+stays float64.
 
 ``auto`` picks bf16 where the hardware has it (a CUDA GPU with bf16, a CPU with AMX-BF16 or
 AVX-512-BF16), else fp32.
@@ -100,6 +102,39 @@ def _float32_outputs(layers: list[nn.Linear]) -> Iterator[None]:
             del layer.forward
 
 
+def _is_plain_tensor(t: torch.Tensor) -> bool:
+    return not hasattr(t, "to_local")  # an FSDP2 shard (DTensor) is left to FSDP's own mixed precision
+
+
+@contextlib.contextmanager
+def _half_frozen_linears(model: nn.Module, dtype: torch.dtype, keep: list[nn.Linear]) -> Iterator[None]:
+    """Run ``model``'s frozen ``nn.Linear`` layers (no gradient to their weight: the base model under LoRA,
+    a reference or judge) with a ``dtype`` copy of their weights made once on entry. Autocast would cast the
+    same float32 weights to ``dtype`` again at every call: it caches casts only of weights that require
+    grad, so in generation, one call per new token, the casts cost about a third of the time (measured with
+    SmolLM2 + LoRA, batch 16: 1.44x faster with the copies, same tokens and log-probs). The results are the
+    ones autocast gives (the same rounding, once); ``keep`` (the output layers) stay float32. The copies are
+    plain tensors, so a backward after the context still finds them."""
+    patched = []
+    for layer in model.modules():
+        if (not isinstance(layer, nn.Linear) or layer in keep or "forward" in layer.__dict__
+                or layer.weight.requires_grad or layer.weight.dtype == dtype or not _is_plain_tensor(layer.weight)):
+            continue
+        weight = layer.weight.detach().to(dtype)
+        bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+
+        def forward(x: torch.Tensor, _w: torch.Tensor = weight, _b: torch.Tensor | None = bias) -> torch.Tensor:
+            return F.linear(x.to(_w.dtype), _w, _b)
+
+        layer.forward = forward
+        patched.append(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
 @contextlib.contextmanager
 def autocast(model: nn.Module, precision: str) -> Iterator[None]:
     """Run forwards of ``model`` (and anything else called inside) in ``precision`` (already resolved:
@@ -112,5 +147,7 @@ def autocast(model: nn.Module, precision: str) -> Iterator[None]:
         yield
         return
     device = _device_of(model)
-    with torch.autocast(device_type=device.type, dtype=DTYPES[precision]), _float32_outputs(output_layers(model)):
+    outputs = output_layers(model)
+    with (torch.autocast(device_type=device.type, dtype=DTYPES[precision]), _float32_outputs(outputs),
+          _half_frozen_linears(model, DTYPES[precision], outputs)):
         yield

@@ -69,3 +69,39 @@ def test_smollm2_token_logprobs_within_tolerance(precision):
     l32 = apa_loss(lp32, ref, adv, batch.response_mask, 0.95)
     l16 = apa_loss(lp16, ref, adv, batch.response_mask, 0.95)
     assert torch.allclose(l16, l32, rtol=0.1, atol=0.05), (l16, l32)
+
+
+def test_frozen_layers_use_one_half_copy_with_the_results_of_plain_autocast(tiny_model):
+    """Frozen linear layers (the base under LoRA) run on a bf16 copy of their weights made once per context:
+    the logits and the adapters' gradients are those of plain torch.autocast, the copies are gone after the
+    context, and a backward after it still works."""
+    from molma.models import LoraSettings, apply_lora
+
+    model, tok = tiny_model
+    policy = apply_lora(model, LoraSettings(r=2, alpha=4))
+    ids = tok(["hello there, how are you"], return_tensors="pt")["input_ids"]
+    head = output_layers(policy)
+
+    def loss_and_grads(use_molma: bool):
+        policy.zero_grad()
+        if use_molma:
+            with autocast(policy, "bf16"):
+                logits = policy(input_ids=ids).logits
+        else:  # what autocast(...) did before: torch.autocast around the body, the head in float32
+            from molma.models.precision import _float32_outputs
+
+            with torch.autocast("cpu", dtype=torch.bfloat16), _float32_outputs(head):
+                logits = policy(input_ids=ids).logits
+        loss = logits.float().logsumexp(-1).mean()
+        loss.backward()  # outside the context
+        return logits.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    plain_logits, plain_grads = loss_and_grads(False)
+    logits, grads = loss_and_grads(True)
+    torch.testing.assert_close(logits, plain_logits, rtol=0, atol=0)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-6, atol=1e-7)
+    frozen = [m for m in policy.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+    assert frozen and not any("forward" in m.__dict__ for m in frozen)  # the copies are dropped
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
