@@ -266,3 +266,18 @@ def test_lr_search_chooses_on_validation_prompts_and_its_run_becomes_the_main_ru
     assert json.loads((out / "experiment.json").read_text())["chosen_lr"]["so-weighted"] == chosen["so-weighted"]
     run_experiment(str(path))  # a second invocation reuses the search too
     assert "running" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path, kind", [("configs/cpu/experiment.yaml", "experiment"), ("configs/demo.yaml", "demo")])
+def test_shipped_pipeline_configs_load_with_every_stage_setting_checked(path, kind):
+    """The configs the README runs load (every train / rm / lr_search key is checked when they do)."""
+    from molma.config import load_config
+    from molma.demo import DemoConfig
+    from molma.experiment import ExperimentConfig, plan_runs
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(DemoConfig if kind == "demo" else ExperimentConfig, str(root / path))
+    runs, _, _ = plan_runs(cfg)
+    assert "molma" in runs
+    if kind == "experiment":  # the APA methods' learning rates are chosen on validation prompts
+        assert set(cfg.lr_search["algos"]) == {"molma", "so-weighted"} and len(cfg.lr_search["lrs"]) == 3
