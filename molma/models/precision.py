@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -80,34 +80,40 @@ def output_layers(model: nn.Module) -> list[nn.Linear]:
 
 
 @contextlib.contextmanager
-def _float32_outputs(layers: list[nn.Linear]) -> Iterator[None]:
-    """Temporarily run ``layers`` in float32 with autocast off (inputs upcast). Gradients still flow
-    to the float32 weights, so this works in training forwards too."""
-    patched = []
-    for layer in layers:
-        if "forward" in layer.__dict__:  # already patched by an enclosing context
-            continue
-
-        def forward(x: torch.Tensor, _layer: nn.Linear = layer) -> torch.Tensor:
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                bias = None if _layer.bias is None else _layer.bias.float()
-                return F.linear(x.float(), _layer.weight.float(), bias)
-
-        layer.forward = forward
-        patched.append(layer)
+def _replaced_forwards(forwards: dict[nn.Module, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Run each module of ``forwards`` with the given forward while the context is open (an instance
+    attribute over the class's method), then restore it. The callers skip modules an enclosing context
+    already replaced (``"forward" in module.__dict__``)."""
+    for module, forward in forwards.items():
+        module.forward = forward
     try:
         yield
     finally:
-        for layer in patched:
-            del layer.forward
+        for module in forwards:
+            del module.forward
+
+
+def _float32_outputs(layers: list[nn.Linear]):
+    """Temporarily run ``layers`` in float32 with autocast off (inputs upcast). Gradients still flow
+    to the float32 weights, so this works in training forwards too."""
+
+    def float32_forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                bias = None if layer.bias is None else layer.bias.float()
+                return F.linear(x.float(), layer.weight.float(), bias)
+
+        return forward
+
+    return _replaced_forwards({layer: float32_forward(layer) for layer in layers
+                               if "forward" not in layer.__dict__})  # not patched by an enclosing context
 
 
 def _is_plain_tensor(t: torch.Tensor) -> bool:
     return not hasattr(t, "to_local")  # an FSDP2 shard (DTensor) is left to FSDP's own mixed precision
 
 
-@contextlib.contextmanager
-def _half_frozen_linears(model: nn.Module, dtype: torch.dtype, keep: list[nn.Linear]) -> Iterator[None]:
+def _half_frozen_linears(model: nn.Module, dtype: torch.dtype, keep: list[nn.Linear]):
     """Run ``model``'s frozen ``nn.Linear`` layers (no gradient to their weight: the base model under LoRA,
     a reference or judge) with a ``dtype`` copy of their weights made once on entry. Autocast would cast the
     same float32 weights to ``dtype`` again at every call: it caches casts only of weights that require
@@ -115,24 +121,16 @@ def _half_frozen_linears(model: nn.Module, dtype: torch.dtype, keep: list[nn.Lin
     SmolLM2 + LoRA, batch 16: 1.44x faster with the copies, same tokens and log-probs). The results are the
     ones autocast gives (the same rounding, once); ``keep`` (the output layers) stay float32. The copies are
     plain tensors, so a backward after the context still finds them."""
-    patched = []
-    for layer in model.modules():
-        if (not isinstance(layer, nn.Linear) or layer in keep or "forward" in layer.__dict__
-                or layer.weight.requires_grad or layer.weight.dtype == dtype or not _is_plain_tensor(layer.weight)):
-            continue
+
+    def half_forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
         weight = layer.weight.detach().to(dtype)
         bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+        return lambda x: F.linear(x.to(dtype), weight, bias)
 
-        def forward(x: torch.Tensor, _w: torch.Tensor = weight, _b: torch.Tensor | None = bias) -> torch.Tensor:
-            return F.linear(x.to(_w.dtype), _w, _b)
-
-        layer.forward = forward
-        patched.append(layer)
-    try:
-        yield
-    finally:
-        for layer in patched:
-            del layer.forward
+    return _replaced_forwards({
+        layer: half_forward(layer) for layer in model.modules()
+        if isinstance(layer, nn.Linear) and layer not in keep and "forward" not in layer.__dict__
+        and not layer.weight.requires_grad and layer.weight.dtype != dtype and _is_plain_tensor(layer.weight)})
 
 
 @contextlib.contextmanager
