@@ -287,6 +287,18 @@ class Stages:
         self.timings[name] = seconds
         print(f"[{self.label}] {name}: done in {seconds:.0f} s", flush=True)
 
+    def mark_copied(self, name: str, folder: Path, key: str, source: Path) -> None:
+        """Record stage ``name`` as done under ``key`` by a copy of ``source`` (no time of its own: it counts
+        as reused)."""
+        self.markers.mkdir(parents=True, exist_ok=True)
+        from molma.atomic import write_text_atomic
+
+        write_text_atomic(self._marker(name), json.dumps({"key": key, "seconds": 0.0, "folder": str(folder),
+                                                          "copied_from": str(source)}))
+        self.reused.append(name)
+        self.timings[name] = 0.0
+        print(f"[{self.label}] {name}: copied from {source} (trained with the same settings)", flush=True)
+
     def reuse(self, name: str, folder: Path) -> None:
         self.reused.append(name)
         self.timings[name] = json.loads(self._marker(name).read_text()).get("seconds", 0.0)
@@ -806,12 +818,7 @@ def adopt_finished_run(stages: Stages, src_name: str, src: Path, src_key: str, d
             write_text_atomic(partial / meta, text.replace(str(src), str(dst)))
     shutil.rmtree(dst, ignore_errors=True)
     partial.rename(dst)
-    stages.markers.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(stages._marker(dst_name), json.dumps({"key": dst_key, "seconds": 0.0, "folder": str(dst),
-                                                            "copied_from": str(src)}))
-    stages.reused.append(dst_name)
-    stages.timings[dst_name] = 0.0
-    print(f"[{stages.label}] {dst_name}: copied from {src} (trained with the same settings)", flush=True)
+    stages.mark_copied(dst_name, dst, dst_key, src)
     return True
 
 
@@ -852,10 +859,11 @@ def _validation_prompts(data_dir: Path) -> list:
 
 
 def _search_learning_rates(cfg: ExperimentConfig, stages: Stages, root: Path, rm_dir: Path, rm_key: str,
-                           data_dir: Path, data_key: str) -> dict[str, float]:
+                           data_dir: Path, data_key: str) -> dict[str, tuple[float, str, Path, str]]:
     """``lr_search``: train each searched algorithm (main seed, every other setting as its main run) at every
     candidate rate, let the policies and the reference answer the validation prompts (both judges, KL to the
-    reference), choose by :data:`LR_RULE` and write ``lr-search/selection.json``. Returns {algo: chosen lr}."""
+    reference), choose by :data:`LR_RULE` and write ``lr-search/selection.json``. Returns, per searched
+    algorithm, the chosen lr and that run's stage name, folder and key (the main run copies it)."""
     if not cfg.lr_search:
         return {}
     from molma.eval import load_result
@@ -904,7 +912,11 @@ def _search_learning_rates(cfg: ExperimentConfig, stages: Stages, root: Path, rm
     from molma.atomic import write_text_atomic
 
     write_text_atomic(root / "lr-search" / "selection.json", json.dumps(report, indent=2, default=float))
-    return chosen
+    picked = {}
+    for algo, lr in chosen.items():
+        name, folder = _lr_search_run(root, algo, lr)
+        picked[algo] = (lr, name, folder, jobs[name][1])
+    return picked
 
 
 def _load_reference(name: str):
@@ -1029,7 +1041,7 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
 
     # 3. RL runs (the learning rates of lr_search's algorithms chosen first, on the validation prompts)
     searched = _search_learning_rates(cfg, stages, root, rm_dir, rm_key, data_dir, data_key)
-    chosen_lr = {name: lr for algo, lr in searched.items()
+    chosen_lr = {name: lr for algo, (lr, *_) in searched.items()
                  for name in [algo, *cfg.lr_search["algos"][algo]]}
     runs, sweep, pareto = plan_runs(cfg)
     jobs = {}
@@ -1037,9 +1049,7 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
         folder = root / "runs" / name
         settings = _train_settings(cfg, rm_dir, data_dir, spec, folder, chosen_lr.get(spec.algo))
         jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
-    for algo, lr in searched.items():  # the search's run at the chosen rate is the main run: no retraining
-        name, folder = _lr_search_run(root, algo, lr)
-        key = _run_key(rm_key, data_key, _train_settings(cfg, rm_dir, data_dir, RunSpec(algo), folder, lr))
+    for algo, (_, name, folder, key) in searched.items():  # the search's chosen run is the main run
         adopt_finished_run(stages, f"train {name}", folder, key, f"train {algo}", *jobs[algo][:2])
     _run_all(cfg, stages, jobs)
     soups = plan_soups(cfg)
