@@ -169,9 +169,17 @@ class ExperimentConfig:
     def _check_lr_search(self) -> None:
         if not self.lr_search:
             return
-        unknown = set(self.lr_search) - {"lrs", "algos"}
+        unknown = set(self.lr_search) - {"lrs", "algos", "seeds", "max_kl"}
         if unknown:
-            raise ValueError(f"lr_search: unknown key(s) {sorted(unknown)} (expected lrs, algos)")
+            raise ValueError(f"lr_search: unknown key(s) {sorted(unknown)} (expected lrs, algos, seeds, max_kl)")
+        seeds = self.lr_search.get("seeds", [self.seed])
+        if (not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in seeds) or len(set(seeds)) != len(seeds)
+                or self.seed not in seeds):
+            raise ValueError(f"lr_search.seeds: give different integer seeds including the main seed {self.seed} "
+                             f"(its run at the chosen rate is the main run), got {seeds!r}")
+        if self.lr_search.get("max_kl") is not None:
+            check_range("lr_search.max_kl", float(self.lr_search["max_kl"]), low=0.0, low_open=True)
         lrs = self.lr_search.get("lrs")
         if not isinstance(lrs, list) or len(lrs) < 2 or len(set(map(float, lrs))) != len(lrs):
             raise ValueError(f"lr_search.lrs: give at least two different learning rates, got {lrs!r}")
@@ -823,24 +831,38 @@ def adopt_finished_run(stages: Stages, src_name: str, src: Path, src_key: str, d
 
 
 # ------------------------------------------------------------------------------------------ 3a. lr search
-LR_RULE = ("the learning rate whose smaller mean reward gain over the reference (of the two objectives) on the "
-           "validation prompts is largest; ties go to the smaller rate")
+LR_RULE = ("the learning rate whose smaller mean reward gain over the reference (of the two objectives; each gain "
+           "averaged over the searched seeds) on the validation prompts is largest, among the rates whose KL to "
+           "the reference stays within max_kl on every seed (if none does: the rate with the smallest KL); ties go "
+           "to the smaller rate")
 
 
-def choose_learning_rate(gains: dict[float, dict[str, float]]) -> float:
+def choose_learning_rate(gains: dict[float, dict[str, float]], kl: dict[float, float | None] | None = None,
+                         max_kl: float | None = None) -> float:
     """The learning rate whose *smaller* mean reward gain over the reference (across objectives) is largest:
-    a rate that buys one objective with the other loses to one that helps both. Ties (within 1e-12) go to
-    the smaller rate, which moves the policy less. ``gains[lr][objective]`` = mean(model - reference)."""
+    a rate that buys one objective with the other loses to one that helps both. With ``max_kl``, only the
+    rates whose KL to the reference (``kl[lr]``, the largest over seeds) is at most ``max_kl`` compete: a
+    gain bought by drifting far from the reference did not transfer to held-out prompts (session 7's 1e-2
+    run); if no rate stays within it, the one with the smallest KL is kept. Ties (within 1e-12) go to the
+    smaller rate, which moves the policy less. ``gains[lr][objective]`` = mean(model - reference)."""
     if not gains:
         raise ValueError("choose_learning_rate: no candidates")
-    worst = {lr: min(g.values()) for lr, g in gains.items()}
+    candidates = list(gains)
+    if max_kl is not None:
+        drift = {lr: float("inf") if (kl or {}).get(lr) is None else float(kl[lr]) for lr in gains}
+        within = [lr for lr in candidates if drift[lr] <= max_kl]
+        if not within:
+            least = min(drift.values())
+            return min(lr for lr in candidates if drift[lr] == least)
+        candidates = within
+    worst = {lr: min(gains[lr].values()) for lr in candidates}
     best = max(worst.values())
     return min(lr for lr, w in worst.items() if w >= best - 1e-12)
 
 
-def _lr_search_run(root: Path, algo: str, lr: float) -> tuple[str, Path]:
-    """The stage name and folder of ``algo``'s search run at ``lr``."""
-    label = f"{algo}-lr{lr:g}"
+def _lr_search_run(root: Path, algo: str, lr: float, seed: int | None = None) -> tuple[str, Path]:
+    """The stage name and folder of ``algo``'s search run at ``lr`` (``seed``: another than the main seed)."""
+    label = f"{algo}-lr{lr:g}" + (f"-s{seed}" if seed is not None else "")
     return f"lr-search-{label}", root / "lr-search" / "runs" / label
 
 
@@ -859,26 +881,35 @@ def _validation_prompts(data_dir: Path) -> list:
 
 
 def _search_learning_rates(cfg: ExperimentConfig, stages: Stages, root: Path, rm_dir: Path, rm_key: str,
-                           data_dir: Path, data_key: str) -> dict[str, tuple[float, str, Path, str]]:
-    """``lr_search``: train each searched algorithm (main seed, every other setting as its main run) at every
-    candidate rate, let the policies and the reference answer the validation prompts (both judges, KL to the
-    reference), choose by :data:`LR_RULE` and write ``lr-search/selection.json``. Returns, per searched
-    algorithm, the chosen lr and that run's stage name, folder and key (the main run copies it)."""
+                           data_dir: Path, data_key: str) -> dict[str, tuple[float, dict[int, tuple[str, Path, str]]]]:
+    """``lr_search``: train each searched algorithm (every searched seed, every other setting as its main run)
+    at every candidate rate, let the policies and the reference answer the validation prompts (both judges, KL
+    to the reference), choose by :data:`LR_RULE` and write ``lr-search/selection.json``. Returns, per searched
+    algorithm, the chosen lr and, per seed, that run's stage name, folder and key (the main run and the
+    extra-seed runs copy them)."""
     if not cfg.lr_search:
         return {}
     from molma.eval import load_result
 
     lrs = [float(x) for x in cfg.lr_search["lrs"]]
+    seeds = [int(x) for x in cfg.lr_search.get("seeds", [cfg.seed])]
+    max_kl = cfg.lr_search.get("max_kl")
     jobs: dict[str, tuple[Path, str, dict]] = {}
+    search_runs: dict[tuple[str, float, int], str] = {}
     for algo in cfg.lr_search["algos"]:
         for lr in lrs:
-            name, folder = _lr_search_run(root, algo, lr)
-            settings = _train_settings(cfg, rm_dir, data_dir, RunSpec(algo), folder, lr)
-            jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
-            # a main run an earlier invocation trained at this rate (e.g. before the search was configured)
-            main = root / "runs" / algo
-            main_key = _run_key(rm_key, data_key, _train_settings(cfg, rm_dir, data_dir, RunSpec(algo), main, lr))
-            adopt_finished_run(stages, f"train {algo}", main, main_key, f"train {name}", folder, jobs[name][1])
+            for seed in seeds:
+                other_seed = None if seed == cfg.seed else seed
+                name, folder = _lr_search_run(root, algo, lr, other_seed)
+                spec = RunSpec(algo, seed=other_seed)
+                settings = _train_settings(cfg, rm_dir, data_dir, spec, folder, lr)
+                jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
+                search_runs[algo, lr, seed] = name
+                # a main run an earlier invocation trained at this rate (e.g. before the search was configured)
+                main = root / "runs" / (algo if other_seed is None else f"{algo}-s{seed}")
+                main_key = _run_key(rm_key, data_key, _train_settings(cfg, rm_dir, data_dir, spec, main, lr))
+                adopt_finished_run(stages, f"train {main.name}", main, main_key, f"train {name}", folder,
+                                   jobs[name][1])
     _run_all(cfg, stages, jobs)
     labels = {name: folder.name for name, (folder, _, _) in jobs.items()}  # model names in the evaluation
     models = {"ref": cfg.model, **{labels[name]: str(folder / "final") for name, (folder, _, _) in jobs.items()}}
@@ -890,32 +921,45 @@ def _search_learning_rates(cfg: ExperimentConfig, stages: Stages, root: Path, rm
                lambda: _evaluate_all(cfg, rm_dir, models, prompts, eval_dir, versus="ref"))
     result = load_result(eval_dir, versus="ref")
     chosen: dict[str, float] = {}
-    report: dict[str, Any] = {"rule": LR_RULE, "lrs": lrs, "n_prompts": len(result.prompt_ids),
+    report: dict[str, Any] = {"rule": LR_RULE, "lrs": lrs, "seeds": seeds, "max_kl": max_kl,
+                              "n_prompts": len(result.prompt_ids),
                               "prompts_per_pool": {t: sum(p.tag == t for p in prompts) for t in POOLS},
                               "algos": {}}
     for algo, followers in cfg.lr_search["algos"].items():
-        rows, gains = [], {}
+        rows, gains, drift = [], {}, {}
         for lr in lrs:
-            model = labels[_lr_search_run(root, algo, lr)[0]]
-            vs_ref = result.compare(model, "ref")
-            gains[lr] = {o: float(c["mean_diff"]) for o, c in vs_ref.items()}
-            rows.append({"lr": lr, "model": model, "kl": result.kl.get(model), "smaller_gain": min(gains[lr].values()),
-                         "vs_reference": {o: {k: c[k] for k in ("mean_diff", "diff_ci_low", "diff_ci_high",
-                                                                  "win_excl_ties", "sign_p", "n_win", "n_tie",
-                                                                  "n_loss", "n_identical_ties")}
-                                          for o, c in vs_ref.items()}})
-        chosen[algo] = choose_learning_rate(gains)
+            per_seed = []
+            for seed in seeds:
+                model = labels[search_runs[algo, lr, seed]]
+                vs_ref = result.compare(model, "ref")
+                per_seed.append({"seed": seed, "model": model, "kl": result.kl.get(model),
+                                 "vs_reference": {o: {k: c[k] for k in (
+                                     "mean_diff", "diff_ci_low", "diff_ci_high", "win_excl_ties", "sign_p", "n_win",
+                                     "n_tie", "n_loss", "n_identical_ties")} for o, c in vs_ref.items()}})
+            objectives = list(per_seed[0]["vs_reference"])
+            gains[lr] = {o: sum(r["vs_reference"][o]["mean_diff"] for r in per_seed) / len(per_seed)
+                         for o in objectives}
+            kls = [r["kl"] for r in per_seed]
+            drift[lr] = None if any(k is None for k in kls) else float(max(kls))
+            row = {"lr": lr, "gain": gains[lr], "smaller_gain": min(gains[lr].values()), "kl_max": drift[lr],
+                   "within_max_kl": None if max_kl is None else drift[lr] is not None and drift[lr] <= max_kl,
+                   "seeds": per_seed}
+            if len(seeds) == 1:  # the one-seed layout of earlier selection files
+                row.update({k: per_seed[0][k] for k in ("model", "kl", "vs_reference")})
+            rows.append(row)
+        chosen[algo] = choose_learning_rate(gains, drift, max_kl)
         report["algos"][algo] = {"chosen_lr": chosen[algo], "also_used_by": list(followers), "candidates": rows}
         print(f"[{stages.label}] lr search {algo}: " + ", ".join(
-            f"lr {r['lr']:g} gains " + " / ".join(f"{g:+.3f}" for g in gains[r['lr']].values()) for r in rows)
+            f"lr {r['lr']:g} gains " + " / ".join(f"{g:+.3f}" for g in gains[r['lr']].values())
+            + ("" if r["kl_max"] is None else f" (KL {r['kl_max']:.2f})") for r in rows)
             + f" -> lr {chosen[algo]:g}" + (f" (also for {', '.join(followers)})" if followers else ""), flush=True)
     from molma.atomic import write_text_atomic
 
     write_text_atomic(root / "lr-search" / "selection.json", json.dumps(report, indent=2, default=float))
     picked = {}
     for algo, lr in chosen.items():
-        name, folder = _lr_search_run(root, algo, lr)
-        picked[algo] = (lr, name, folder, jobs[name][1])
+        picked[algo] = (lr, {seed: (search_runs[algo, lr, seed], jobs[search_runs[algo, lr, seed]][0],
+                                    jobs[search_runs[algo, lr, seed]][1]) for seed in seeds})
     return picked
 
 
@@ -1041,7 +1085,7 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
 
     # 3. RL runs (the learning rates of lr_search's algorithms chosen first, on the validation prompts)
     searched = _search_learning_rates(cfg, stages, root, rm_dir, rm_key, data_dir, data_key)
-    chosen_lr = {name: lr for algo, (lr, *_) in searched.items()
+    chosen_lr = {name: lr for algo, (lr, _) in searched.items()
                  for name in [algo, *cfg.lr_search["algos"][algo]]}
     runs, sweep, pareto = plan_runs(cfg)
     jobs = {}
@@ -1049,8 +1093,11 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
         folder = root / "runs" / name
         settings = _train_settings(cfg, rm_dir, data_dir, spec, folder, chosen_lr.get(spec.algo))
         jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
-    for algo, (_, name, folder, key) in searched.items():  # the search's chosen run is the main run
-        adopt_finished_run(stages, f"train {name}", folder, key, f"train {algo}", *jobs[algo][:2])
+    for algo, (_, chosen_runs) in searched.items():  # the search's chosen runs are the main and extra-seed runs
+        for seed, (name, folder, key) in chosen_runs.items():
+            main = algo if seed == cfg.seed else f"{algo}-s{seed}"
+            if main in jobs:
+                adopt_finished_run(stages, f"train {name}", folder, key, f"train {main}", *jobs[main][:2])
     _run_all(cfg, stages, jobs)
     soups = plan_soups(cfg)
     soup_key = None

@@ -198,6 +198,22 @@ def test_learning_rate_rule_keeps_the_rate_with_the_best_worse_objective():
         choose_learning_rate({})
 
 
+def test_learning_rate_rule_leaves_out_rates_that_drift_past_the_kl_cap():
+    from molma.experiment import choose_learning_rate
+
+    # session 7's MOLMA search: 1e-2 had the best smaller gain but drifted 26 nats
+    gains = {1e-3: {"help": 0.004, "safe": 0.072}, 3e-3: {"help": 0.180, "safe": 0.062},
+             1e-2: {"help": 0.156, "safe": 0.196}}
+    kl = {1e-3: 0.23, 3e-3: 1.65, 1e-2: 26.2}
+    assert choose_learning_rate(gains) == 1e-2
+    assert choose_learning_rate(gains, kl, max_kl=5.0) == 3e-3
+    assert choose_learning_rate(gains, kl, max_kl=1.65) == 3e-3  # the cap is inclusive
+    assert choose_learning_rate(gains, kl, max_kl=1.0) == 1e-3
+    # no rate within the cap: the one that drifted least; an unmeasured KL never counts as within it
+    assert choose_learning_rate(gains, kl, max_kl=0.1) == 1e-3
+    assert choose_learning_rate(gains, {1e-3: None, 3e-3: 1.65, 1e-2: 26.2}, max_kl=5.0) == 3e-3
+
+
 @pytest.mark.parametrize("search, message", [
     ({"lrs": [1e-3], "algos": {"molma": []}}, "at least two"),
     ({"lrs": [1e-3, 1e-3], "algos": {"molma": []}}, "at least two"),
@@ -206,6 +222,10 @@ def test_learning_rate_rule_keeps_the_rate_with_the_best_worse_objective():
     ({"lrs": [1e-3, 3e-3], "algos": {"molma": ["molma"]}}, "twice"),
     ({"lrs": [1e-3, 3e-3], "algos": {"so-weighted": []}}, "both set"),
     ({"lrs": [1e-3, 3e-3], "algos": {"molma": []}, "rule": "mean"}, "unknown key"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"molma": []}, "seeds": [1, 2]}, "main seed"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"molma": []}, "seeds": [0, 0]}, "lr_search.seeds"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"molma": []}, "seeds": [0, "1"]}, "lr_search.seeds"),
+    ({"lrs": [1e-3, 3e-3], "algos": {"molma": []}, "max_kl": 0}, "lr_search.max_kl"),
 ])
 def test_lr_search_settings_are_checked_before_anything_runs(search, message):
     from molma.experiment import ExperimentConfig
@@ -238,7 +258,8 @@ def test_lr_search_chooses_on_validation_prompts_and_its_run_becomes_the_main_ru
     root, base = setup
     config = yaml.safe_load(base.read_text())
     config.update(out=str(root / "out-lr"), algo_train={}, rm_safe_candidates=[], sweep_weights=[0.5],
-                  soup_weights=[], lr_search={"lrs": [1e-3, 3e-2], "algos": {"molma": [], "so-weighted": []}})
+                  soup_weights=[], lr_search={"lrs": [1e-3, 3e-2], "algos": {"molma": [], "so-weighted": []},
+                                              "seeds": [0, 1], "max_kl": 0.5})
     path = root / "experiment-lr.yaml"
     path.write_text(yaml.safe_dump(config))
     out = run_experiment(str(path))
@@ -252,9 +273,15 @@ def test_lr_search_chooses_on_validation_prompts_and_its_run_becomes_the_main_ru
                 for line in (out / "lr-search" / "eval" / "responses.jsonl").read_text().splitlines()}
     assert answered == validation  # the choice never sees a held-out prompt
     for record in selection["algos"].values():
-        gains = {c["lr"]: {o: v["mean_diff"] for o, v in c["vs_reference"].items()} for c in record["candidates"]}
-        assert record["chosen_lr"] == choose_learning_rate(gains)
         assert [c["lr"] for c in record["candidates"]] == [1e-3, 3e-2]
+        gains, kl = {}, {}
+        for c in record["candidates"]:  # the gains are the two seeds' mean, the KL their larger one
+            assert [r["seed"] for r in c["seeds"]] == [0, 1]
+            gains[c["lr"]] = {o: (c["seeds"][0]["vs_reference"][o]["mean_diff"]
+                                  + c["seeds"][1]["vs_reference"][o]["mean_diff"]) / 2 for o in ("help", "safe")}
+            kl[c["lr"]] = max(r["kl"] for r in c["seeds"])
+            assert c["gain"] == pytest.approx(gains[c["lr"]]) and c["kl_max"] == pytest.approx(kl[c["lr"]])
+        assert record["chosen_lr"] == choose_learning_rate(gains, kl, max_kl=0.5)
     chosen = {a: r["chosen_lr"] for a, r in selection["algos"].items()}
     lrs = {name: yaml.safe_load((out / "runs" / name / "config.yaml").read_text())["lr"]
            for name in ("molma", "molma-s1", "so-weighted")}
@@ -262,6 +289,8 @@ def test_lr_search_chooses_on_validation_prompts_and_its_run_becomes_the_main_ru
     # the main seed's run is the search's run at the chosen rate, copied, not trained again
     marker = json.loads((out / ".stages" / "train-molma.json").read_text())
     assert marker["copied_from"].endswith(f"molma-lr{chosen['molma']:g}")
+    marker = json.loads((out / ".stages" / "train-molma-s1.json").read_text())  # the extra seed's too
+    assert marker["copied_from"].endswith(f"molma-lr{chosen['molma']:g}-s1")
     assert yaml.safe_load((out / "runs" / "molma" / "config.yaml").read_text())["out"] == str(out / "runs" / "molma")
     assert json.loads((out / "experiment.json").read_text())["chosen_lr"]["so-weighted"] == chosen["so-weighted"]
     run_experiment(str(path))  # a second invocation reuses the search too
