@@ -246,7 +246,7 @@ class MultiObjectiveTrainer:
         prompts = [p for p in prompts for _ in range(group)]
         rows = list(self.layout.rows(len(prompts)))
         texts = [render_prompt(self.tokenizer, prompts[i].text) for i in rows]
-        with self.layout.generating(self.policy), autocast(self.policy, self.precision):
+        with self.layout.generating(self.policy), autocast(self.policy, self.precision, inference=True):
             batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
                                        seed=iteration_seed(cfg.seed, SAMPLING_SEED_MULTIPLIER, iteration), rows=rows,
                                        synced=self.layout.synced_generation)

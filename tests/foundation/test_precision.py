@@ -105,3 +105,70 @@ def test_frozen_layers_use_one_half_copy_with_the_results_of_plain_autocast(tiny
     frozen = [m for m in policy.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
     assert frozen and not any("forward" in m.__dict__ for m in frozen)  # the copies are dropped
     assert all(p.dtype == torch.float32 for p in policy.parameters())
+
+
+def _lora_policy_with_trained_adapters(model, r: int = 2):
+    """A LoRA policy whose adapters are not zero (peft starts B at zero: the merge would add nothing)."""
+    from molma.models import LoraSettings, apply_lora
+
+    policy = apply_lora(model, LoraSettings(r=r, alpha=2 * r))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return policy
+
+
+def test_inference_context_folds_the_adapters_into_one_half_weight_and_restores_everything(tiny_model):
+    """``autocast(..., inference=True)`` (generation) runs each LoRA layer as one bf16 matmul with W + s B A:
+    the logits are as close to float32 as the unmerged bf16 forward's, with the adapters disabled they are the
+    base model's exactly, and afterwards the float32 weights, peft's state and the forwards are untouched."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    model, tok = tiny_model
+    policy = _lora_policy_with_trained_adapters(model)
+    ids = tok(["hello there, how are you doing today"], return_tensors="pt")["input_ids"]
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    with torch.no_grad():
+        fp32 = policy(input_ids=ids).logits
+        with autocast(policy, "bf16"):
+            plain = policy(input_ids=ids).logits
+        with autocast(policy, "bf16", inference=True):
+            merged = policy(input_ids=ids).logits
+        with policy.disable_adapter():
+            with autocast(policy, "bf16"):
+                base_plain = policy(input_ids=ids).logits
+            with autocast(policy, "bf16", inference=True):
+                base_merged = policy(input_ids=ids).logits
+    assert not torch.equal(merged, plain)  # the merged path ran (other rounding) ...
+    err_plain, err_merged = (plain - fp32).abs().max(), (merged - fp32).abs().max()
+    assert err_merged <= 2 * err_plain + 1e-3, (err_merged, err_plain)  # ... and is as close to float32
+    assert (merged - fp32).abs().max() < 0.1 * fp32.abs().max()
+    torch.testing.assert_close(base_merged, base_plain, rtol=0, atol=0)  # disabled adapters: not folded in
+    layers = [m for m in policy.modules() if isinstance(m, LoraLinear)]
+    assert layers and not any(m.merged or "forward" in m.__dict__ for m in layers)
+    assert not any("forward" in m.__dict__ for m in policy.modules())
+    for n, p in policy.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_merged_generation_logprobs_match_the_training_forward_on_smollm2():
+    """The rollout's log-probs (sampled with the adapters folded into bf16 weights) stay within the bf16
+    tolerance of the float32 teacher-forced log-probs the policy is trained against, on SmolLM2 + LoRA."""
+    from molma.data import load_builtin_prompts
+    from molma.data.chat import render_prompt
+    from molma.models import ModelNotAvailableError, load_model
+
+    try:
+        model, tok = load_model("smollm2-135m-instruct")
+    except ModelNotAvailableError as err:  # pragma: no cover - the wheel is installed by make
+        pytest.skip(str(err))
+    policy = _lora_policy_with_trained_adapters(model, r=8)
+    texts = [render_prompt(tok, p.text) for p in load_builtin_prompts("help")[:4]]
+    with autocast(policy, "bf16", inference=True):
+        batch, logp_rollout = generate(policy, tok, texts, GenerationSettings(max_new_tokens=12), seed=0)
+    with torch.no_grad():
+        lp32, _ = sequence_logprobs(policy, batch)
+    err = (logp_rollout - lp32).abs()[batch.response_mask > 0]
+    assert err.numel() > 0 and err.mean() <= 0.05 and err.max() <= 0.6, (err.mean(), err.max())
