@@ -102,7 +102,7 @@ def generation_speed(args) -> dict:
                 new = out[:, enc["input_ids"].shape[1]:]
                 n_tokens = int((new != tok.pad_token_id).sum())
             else:
-                with autocast(model, "bf16" if name.endswith("bf16") else "fp32"):
+                with autocast(model, "bf16" if name.endswith("bf16") else "fp32", inference=True):
                     batch, _ = generate(model, tok, texts, settings, seed=r)
                 n_tokens = int(batch.response_mask.sum())
             if r:  # round 0 is a warm-up

@@ -133,21 +133,29 @@ def _lora_linears(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def _merged_lora_linears(layers: list[nn.Module], dtype: torch.dtype):
-    """Run each LoRA layer as one ``dtype`` matmul with its adapters folded in, ``W + scaling * B A`` (made
-    once on entry, in float32, then rounded), for forwards that need no gradient: generation. peft's own
-    forward runs the base matmul and, per adapter, two small matmuls, a dropout and an add, a few Python
-    calls per layer and new token (7 x 30 layers under SmolLM2's all-linear LoRA), which cost SmolLM2 + LoRA
-    generation most of its bf16 speed-up; peft's ``merge_adapter`` would write the sum into the float32
-    weights, which ``unmerge`` cannot restore bit for bit. The rounding differs from the unmerged forward's
-    (one rounding of the sum instead of two products): same order as bf16 itself (tested)."""
+def _lora_forwards(layers: list[nn.Module], dtype: torch.dtype, merged: bool):
+    """Run each plain LoRA layer of ``layers`` with molma's forward instead of peft's, in ``dtype``:
 
-    def merged_forward(layer: nn.Module) -> Callable[..., torch.Tensor]:
+    * ``merged`` (forwards that need no gradient: generation): one matmul with the adapters folded in,
+      ``W + s B A`` (summed in float32 once on entry, then rounded). peft's forward runs the base matmul and,
+      per adapter, two small matmuls, a dropout and an add: a few Python calls per layer and new token (7 x 30
+      layers under SmolLM2's all-linear LoRA), which cost SmolLM2 + LoRA generation most of its bf16
+      speed-up. (peft's ``merge_adapter`` writes the sum into the float32 weights, and ``unmerge`` cannot
+      restore them bit for bit.) The rounding differs from the unmerged forward's (one rounding of the sum
+      instead of two products): of the order of bf16 itself (tested).
+    * otherwise (training): ``W x + B (s A x)`` on the base layer's ``dtype`` copy, scaling the rank-r
+      intermediate instead of the layer's output, and without peft's cast of the input to the adapters'
+      float32 and back (two copies of the activations per layer, measured as a large share of a bf16 step).
+      Gradients reach A and B as through peft's forward.
+    """
+
+    def molma_forward(layer: nn.Module) -> Callable[..., torch.Tensor]:
         base = layer.get_base_layer()
+        active = [a for a in layer.active_adapters if a in layer.lora_A]
         with torch.no_grad():
-            weight = base.weight.detach().float()
-            for adapter in layer.active_adapters:
-                if adapter in layer.lora_A:
+            weight = base.weight.detach().float() if merged else base.weight.detach()
+            if merged:
+                for adapter in active:
                     weight = weight + layer.get_delta_weight(adapter).float()
             weight = weight.to(dtype)
             bias = None if base.bias is None else base.bias.detach().to(dtype)
@@ -155,11 +163,16 @@ def _merged_lora_linears(layers: list[nn.Module], dtype: torch.dtype):
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if args or kwargs:  # e.g. peft's per-row adapter_names: its own forward
                 return type(layer).forward(layer, x, *args, **kwargs)
-            return F.linear(x.to(dtype), weight, bias)
+            out = F.linear(x.to(dtype), weight, bias)
+            if not merged:
+                for adapter in active:
+                    low = F.linear(layer.lora_dropout[adapter](x).to(dtype), layer.lora_A[adapter].weight)
+                    out = out + F.linear(low * layer.scaling[adapter], layer.lora_B[adapter].weight)
+            return out
 
         return forward
 
-    return _replaced_forwards({layer: merged_forward(layer) for layer in layers if "forward" not in layer.__dict__})
+    return _replaced_forwards({layer: molma_forward(layer) for layer in layers if "forward" not in layer.__dict__})
 
 
 def _half_frozen_linears(model: nn.Module, dtype: torch.dtype, keep: list[nn.Linear]):
@@ -187,7 +200,7 @@ def autocast(model: nn.Module, precision: str, inference: bool = False) -> Itera
     """Run forwards of ``model`` (and anything else called inside) in ``precision`` (already resolved:
     fp32 / bf16 / fp16), with ``model``'s output layers in float32. fp32 is a no-op. ``inference``: no
     gradient will flow through the context's forwards (generation), so LoRA adapters are folded into their
-    layers' half-precision weights too (:func:`_merged_lora_linears`)."""
+    layers' half-precision weights (:func:`_lora_forwards`)."""
     if precision == "auto":
         precision = resolve_precision(precision, _device_of(model))
     if precision not in DTYPES:
@@ -198,9 +211,9 @@ def autocast(model: nn.Module, precision: str, inference: bool = False) -> Itera
     device = _device_of(model)
     outputs = output_layers(model)
     dtype = DTYPES[precision]
-    lora = _lora_linears(model) if inference else []
+    lora = _lora_linears(model)
     with (torch.autocast(device_type=device.type, dtype=dtype), _float32_outputs(outputs),
-          _merged_lora_linears(lora, dtype),
+          _lora_forwards(lora, dtype, merged=inference),
           # the merged layers' bases are not called: no copies of them
           _half_frozen_linears(model, dtype, outputs + [layer.get_base_layer() for layer in lora])):
         yield

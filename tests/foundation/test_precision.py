@@ -172,3 +172,36 @@ def test_merged_generation_logprobs_match_the_training_forward_on_smollm2():
         lp32, _ = sequence_logprobs(policy, batch)
     err = (logp_rollout - lp32).abs()[batch.response_mask > 0]
     assert err.numel() > 0 and err.mean() <= 0.05 and err.max() <= 0.6, (err.mean(), err.max())
+
+
+def test_lora_training_forward_gives_the_gradients_of_pefts_forward(tiny_model):
+    """In training, molma's LoRA forward (the rank-r intermediate scaled, no float32 round trip of the input)
+    gives logits and adapter gradients as close to float32 as peft's own forward under plain autocast."""
+    from molma.models.precision import _float32_outputs
+
+    model, tok = tiny_model
+    policy = _lora_policy_with_trained_adapters(model)
+    ids = tok(["hello there, how are you doing today"], return_tensors="pt")["input_ids"]
+    head = output_layers(policy)
+
+    def run(mode: str):
+        policy.zero_grad()
+        if mode == "fp32":
+            logits = policy(input_ids=ids).logits
+        elif mode == "molma":
+            with autocast(policy, "bf16"):
+                logits = policy(input_ids=ids).logits
+        else:  # peft's forward under torch.autocast, the head in float32
+            with torch.autocast("cpu", dtype=torch.bfloat16), _float32_outputs(head):
+                logits = policy(input_ids=ids).logits
+        logits.float().logsumexp(-1).mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    ref_logits, ref_grads = run("fp32")
+    errors = {}
+    for mode in ("peft", "molma"):
+        logits, grads = run(mode)
+        rel = max(float((grads[n] - ref_grads[n]).norm() / ref_grads[n].norm().clamp_min(1e-12)) for n in grads)
+        errors[mode] = (float((logits - ref_logits).abs().max()), rel)
+    assert errors["molma"][0] <= 2 * errors["peft"][0] + 1e-3, errors
+    assert errors["molma"][1] <= 2 * errors["peft"][1] + 1e-3 and errors["molma"][1] < 0.1, errors
