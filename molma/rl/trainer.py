@@ -38,6 +38,7 @@ from molma import distributed
 from molma.atomic import atomic_folder, write_text_atomic
 from molma.config import to_dict
 from molma.data.chat import render_prompt
+from molma.models.attention import training_attention
 from molma.models.blocks import last_layer_parameters
 from molma.models.precision import autocast, resolve_precision
 from molma.models.sharding import is_peft
@@ -367,7 +368,8 @@ class MultiObjectiveTrainer:
         cfg = self.cfg
         idx, scale = self.layout.minibatch_share(idx, exp.batch.response_mask)
         mb = exp.batch.select(idx)
-        with autocast(self.policy, self.precision):  # losses below are computed in float32
+        # losses below are computed in float32; eager attention on CPU (faster backward: molma.models.attention)
+        with autocast(self.policy, self.precision), training_attention(self.policy):
             logp, _ = sequence_logprobs(self.policy, mb)
         adv = exp.advantages[:, idx]
         if cfg.policy_loss == "apa":
