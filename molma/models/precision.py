@@ -127,8 +127,10 @@ def _lora_linears(model: nn.Module) -> list[nn.Module]:
             continue
         base = module.get_base_layer()
         active = [a for a in module.active_adapters if a in module.lora_A]
-        if (isinstance(base, nn.Linear) and _is_plain_tensor(base.weight)
-                and not any(a in module.lora_variant or module.lora_bias.get(a) for a in active)):
+        variants = getattr(module, "lora_variant", {})  # DoRA and other variants (attribute names of peft 0.17+)
+        special = any(a in variants or getattr(module, "use_dora", {}).get(a) or getattr(module, "lora_bias", {}).get(a)
+                      for a in active)
+        if isinstance(base, nn.Linear) and _is_plain_tensor(base.weight) and not special:
             layers.append(module)
     return layers
 
