@@ -542,13 +542,18 @@ class RunSpec:
     seed: int | None = None
 
 
+def seed_run_name(algo: str, seed: int) -> str:
+    """The name of ``algo``'s run on an extra seed (``extra_seeds``)."""
+    return f"{algo}-s{seed}"
+
+
 def plan_runs(cfg: ExperimentConfig) -> tuple[dict[str, RunSpec], dict[str, list[float]],
                                               dict[str, dict[str, list[float]]]]:
     """Every RL run by name, the SO-weighted sweep members and the preference-sweep fronts."""
     runs: dict[str, RunSpec] = {a: RunSpec(a) for a in cfg.algos}
     for algo, seeds in cfg.extra_seeds.items():
         for s in seeds:
-            runs[f"{algo}-s{s}"] = RunSpec(algo, seed=s)
+            runs[seed_run_name(algo, s)] = RunSpec(algo, seed=s)
     sweep: dict[str, list[float]] = {}
     for w in cfg.sweep_weights:
         name = "so-weighted" if abs(w - 0.5) < 1e-9 and "so-weighted" in runs else f"so-weighted-w{w:g}"
@@ -906,7 +911,7 @@ def _search_learning_rates(cfg: ExperimentConfig, stages: Stages, root: Path, rm
                 jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
                 search_runs[algo, lr, seed] = name
                 # a main run an earlier invocation trained at this rate (e.g. before the search was configured)
-                main = root / "runs" / (algo if other_seed is None else f"{algo}-s{seed}")
+                main = root / "runs" / (algo if other_seed is None else seed_run_name(algo, seed))
                 main_key = _run_key(rm_key, data_key, _train_settings(cfg, rm_dir, data_dir, spec, main, lr))
                 adopt_finished_run(stages, f"train {main.name}", main, main_key, f"train {name}", folder,
                                    jobs[name][1])
@@ -1095,7 +1100,7 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
         jobs[name] = (folder, _run_key(rm_key, data_key, settings), settings)
     for algo, (_, chosen_runs) in searched.items():  # the search's chosen runs are the main and extra-seed runs
         for seed, (name, folder, key) in chosen_runs.items():
-            main = algo if seed == cfg.seed else f"{algo}-s{seed}"
+            main = algo if seed == cfg.seed else seed_run_name(algo, seed)
             if main in jobs:
                 adopt_finished_run(stages, f"train {name}", folder, key, f"train {main}", *jobs[main][:2])
     _run_all(cfg, stages, jobs)
