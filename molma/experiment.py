@@ -963,8 +963,8 @@ def _search_learning_rates(cfg: ExperimentConfig, stages: Stages, root: Path, rm
     write_text_atomic(root / "lr-search" / "selection.json", json.dumps(report, indent=2, default=float))
     picked = {}
     for algo, lr in chosen.items():
-        picked[algo] = (lr, {seed: (search_runs[algo, lr, seed], jobs[search_runs[algo, lr, seed]][0],
-                                    jobs[search_runs[algo, lr, seed]][1]) for seed in seeds})
+        names = {seed: search_runs[algo, lr, seed] for seed in seeds}
+        picked[algo] = (lr, {seed: (name, *jobs[name][:2]) for seed, name in names.items()})
     return picked
 
 

@@ -116,7 +116,7 @@ def _is_plain_tensor(t: torch.Tensor) -> bool:
 
 def _lora_linears(model: nn.Module) -> list[nn.Module]:
     """peft's LoRA-wrapped linear layers of ``model`` whose active adapters can be folded into one weight
-    (plain LoRA: no DoRA or other variant, no LoRA bias; not merged or disabled; an unsharded base)."""
+    (plain LoRA: no DoRA or other variant, no LoRA bias; not merged or disabled; a frozen, unsharded base)."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -130,7 +130,9 @@ def _lora_linears(model: nn.Module) -> list[nn.Module]:
         variants = getattr(module, "lora_variant", {})  # DoRA and other variants (attribute names of peft 0.17+)
         special = any(a in variants or getattr(module, "use_dora", {}).get(a) or getattr(module, "lora_bias", {}).get(a)
                       for a in active)
-        if isinstance(base, nn.Linear) and _is_plain_tensor(base.weight) and not special:
+        # a trainable base (not LoRA's usual frozen one) keeps peft's forward: the copies below carry no gradient
+        if (isinstance(base, nn.Linear) and not base.weight.requires_grad and _is_plain_tensor(base.weight)
+                and not special):
             layers.append(module)
     return layers
 
@@ -216,6 +218,6 @@ def autocast(model: nn.Module, precision: str, inference: bool = False) -> Itera
     lora = _lora_linears(model)
     with (torch.autocast(device_type=device.type, dtype=dtype), _float32_outputs(outputs),
           _lora_forwards(lora, dtype, merged=inference),
-          # the merged layers' bases are not called: no copies of them
+          # the LoRA layers' forwards hold their own copies of their bases: none made twice
           _half_frozen_linears(model, dtype, outputs + [layer.get_base_layer() for layer in lora])):
         yield

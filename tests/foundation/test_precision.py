@@ -205,3 +205,18 @@ def test_lora_training_forward_gives_the_gradients_of_pefts_forward(tiny_model):
         errors[mode] = (float((logits - ref_logits).abs().max()), rel)
     assert errors["molma"][0] <= 2 * errors["peft"][0] + 1e-3, errors
     assert errors["molma"][1] <= 2 * errors["peft"][1] + 1e-3 and errors["molma"][1] < 0.1, errors
+
+
+def test_a_trainable_base_under_lora_still_gets_its_gradient(tiny_model):
+    """molma's LoRA forward runs on a detached copy of the base weight, so a base a user unfroze keeps
+    peft's forward and gets its gradient under half precision too."""
+    model, tok = tiny_model
+    policy = _lora_policy_with_trained_adapters(model)
+    layer = next(m for m in policy.modules() if hasattr(m, "lora_A") and m.lora_A)
+    base = layer.get_base_layer()
+    base.weight.requires_grad_(True)
+    ids = tok(["hello there"], return_tensors="pt")["input_ids"]
+    with autocast(policy, "bf16"):
+        logits = policy(input_ids=ids).logits
+    logits.float().logsumexp(-1).mean().backward()
+    assert base.weight.grad is not None and base.weight.grad.abs().sum() > 0
