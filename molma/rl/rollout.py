@@ -133,8 +133,10 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     seq = out.sequences
     response_ids = seq[:, P:]
     T = response_ids.shape[1]
-    logits = torch.stack(out.logits[:T], dim=1).float()  # [B, T, V], raw (before temperature/top-p)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    # from the raw logits (before temperature / top-p), one step at a time: a [B, T, V] stack and its log-softmax
+    # would be two fresh copies of every step's logits (75 MB each at batch 16, 24 tokens, SmolLM2's vocabulary)
+    logp = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(-1, response_ids[:, t, None]).squeeze(-1)
+                        for t, step in enumerate(out.logits[:T])], dim=1)
     resp_mask = response_mask_from_ids(response_ids, stop_ids)
     attn = torch.cat([enc["attention_mask"], resp_mask.long()], dim=1)
     return Batch(seq, attn, P, resp_mask), logp * resp_mask

@@ -23,7 +23,8 @@ def warp_logits(scores: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     probability mass reaches ``top_p`` (always at least one token); ``top_k = 0`` and ``top_p = 1``
     are off.
     """
-    scores = scores / temperature
+    if temperature != 1.0:  # dividing by 1 changes nothing; skipping it saves a [B, V] pass per new token
+        scores = scores / temperature
     if top_k and top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -38,8 +39,17 @@ def warp_logits(scores: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
 
 def gumbel_noise(generator: torch.Generator, n: int) -> Tensor:
     """``n`` independent standard Gumbel draws, ``-log(-log(U))``, with U kept away from 0 and 1."""
-    u = torch.rand(n, generator=generator, dtype=torch.float64).clamp(1e-12, 1.0 - 1e-12)
-    return (-torch.log(-torch.log(u))).float()
+    return gumbel_rows([generator], n)[0]
+
+
+def gumbel_rows(generators: list[torch.Generator], n: int) -> Tensor:
+    """[len(generators), n] float32: row ``i`` is :func:`gumbel_noise` of ``generators[i]`` (the same numbers),
+    drawn into one buffer and transformed in place (one pass over the batch instead of five new tensors per row
+    and new token)."""
+    u = torch.empty(len(generators), n, dtype=torch.float64)
+    for row, generator in zip(u, generators):
+        torch.rand(n, generator=generator, dtype=torch.float64, out=row)
+    return u.clamp_(1e-12, 1.0 - 1e-12).log_().neg_().log_().neg_().float()
 
 
 def row_seed(seed: int, row: int) -> int:
@@ -58,5 +68,5 @@ class GumbelSampler(LogitsProcessor):
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"GumbelSampler has {len(self.generators)} row seeds for a batch of {scores.shape[0]}")
         warped = warp_logits(scores.float(), self.temperature, self.top_k, self.top_p)
-        noise = torch.stack([gumbel_noise(g, scores.shape[-1]) for g in self.generators]).to(scores.device)
+        noise = gumbel_rows(self.generators, scores.shape[-1]).to(scores.device)
         return warped + noise  # -inf stays -inf: filtered tokens are never chosen

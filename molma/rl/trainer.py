@@ -227,10 +227,12 @@ class MultiObjectiveTrainer:
         return w / w.sum()
 
     def _reference_logprobs(self, batch: Batch, hidden: bool) -> tuple[Tensor, Tensor | None]:
+        # no gradient flows here (collect runs under no_grad): the inference context prepacks the frozen weights
+        # (same numbers; SmolLM2's 16 x 70-token reference forward 1.02 vs 1.17 s, measured)
         if self.reference is not None:
-            with autocast(self.reference, self.precision):
+            with autocast(self.reference, self.precision, inference=True):
                 return sequence_logprobs(self.reference, batch, return_hidden=hidden)
-        with self.policy.disable_adapter(), autocast(self.policy, self.precision):
+        with self.policy.disable_adapter(), autocast(self.policy, self.precision, inference=True):
             return sequence_logprobs(self.policy, batch, return_hidden=hidden)
 
     # ------------------------------------------------------------------ one iteration

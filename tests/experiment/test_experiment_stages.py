@@ -309,4 +309,5 @@ def test_shipped_pipeline_configs_load_with_every_stage_setting_checked(path, ki
     runs, _, _ = plan_runs(cfg)
     assert "molma" in runs
     if kind == "experiment":  # the APA methods' learning rates are chosen on validation prompts
-        assert set(cfg.lr_search["algos"]) == {"molma", "so-weighted"} and len(cfg.lr_search["lrs"]) == 3
+        assert set(cfg.lr_search["algos"]) == {"molma", "so-weighted"} and len(cfg.lr_search["lrs"]) >= 2
+        assert cfg.lr_search["seeds"] == [0, 1] and cfg.extra_seeds == {"molma": [1], "so-weighted": [1]}
