@@ -176,7 +176,9 @@ def _lora_forwards(layers: list[nn.Module], dtype: torch.dtype, merged: bool):
                                              layer.lora_A[adapter].weight.float(), alpha=layer.scaling[adapter])
             weight = weight.to(dtype)
             bias = None if base.bias is None else base.bias.detach().to(dtype)
-        folded = packed_linear(weight, bias) if merged else None
+        folded = None
+        if merged:  # the packed form is the only copy kept (the closure below must not hold the unpacked one)
+            folded, weight = packed_linear(weight, bias), None
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if args or kwargs:  # e.g. peft's per-row adapter_names: its own forward

@@ -112,3 +112,21 @@ def test_a_packed_float32_layer_is_reused_until_its_weight_changes():
         assert again is not first and torch.equal(again(x), layer(x))
         layer.weight = torch.nn.Parameter(torch.randn(96, 48))  # so does a new weight
         assert torch.equal(packing.packed_float32_layer(layer)(x), layer(x))
+
+
+def test_decoding_keeps_only_the_packed_copy_of_a_folded_layer(tiny_model):
+    """Memory: inside the inference context a LoRA layer's forward holds its packed weight, not also the
+    unpacked bf16 sum (which would double the decoding copies of the policy)."""
+    if not PACKS[torch.bfloat16]:
+        pytest.skip("no oneDNN packing in this torch build: the unpacked weight is the only copy")
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    models, _ = _policy_and_reference(tiny_model)
+    policy = models["policy"]
+    layers = [m for m in policy.modules() if isinstance(m, LoraLinear)]
+    with precision.autocast(policy, "bf16", inference=True):
+        for layer in layers:
+            held = [c.cell_contents for c in layer.forward.__closure__ or ()]
+            shape = layer.get_base_layer().weight.shape
+            assert not any(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 and t.shape == shape
+                           for t in held)
