@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from molma.models.precision import read_cpuinfo
+
 GIB = 1024**3
 
 
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
               "target_gib": args.target_gib, "within_target": peak / GIB <= args.target_gib,
               "timeline_s_gib_processes": timeline,
               "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
-                          "platform": platform.platform(), "python": platform.python_version()}}
+                          "platform": platform.platform(), "python": platform.python_version(),
+                          **read_cpuinfo()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -31,8 +31,11 @@ def package_versions(names: Iterable[str] = MODEL_PACKAGES) -> dict[str, str | N
 
 
 def environment_info() -> dict:
-    """Versions (python, torch, transformers, peft, numpy, matplotlib, molma) and hardware."""
+    """Versions (python, torch, transformers, peft, numpy, matplotlib, molma) and hardware (the CPU's model
+    and bf16 units matter for every CPU timing: AMX makes bf16 matrix products much faster than AVX-512 BF16)."""
     import torch
+
+    from molma.models.precision import read_cpuinfo
 
     versions = package_versions(("torch", "transformers", "peft", "numpy", "matplotlib", "molma"))
     return {
@@ -40,7 +43,7 @@ def environment_info() -> dict:
         "transformers": versions["transformers"], "peft": versions["peft"], "numpy": versions["numpy"],
         "matplotlib": versions["matplotlib"], "molma": versions["molma"],
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        **read_cpuinfo(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available() else [],

@@ -994,13 +994,51 @@ def evidence(result, runs: dict[str, RunSpec], reference: str = "ref", main_seed
             out["vs_reference"][m] = result.compare(m, reference)
         if m != "molma":
             out["molma_vs"][m] = result.compare("molma", m)
+    out["multiplicity"] = {family: adjust_family(out[family], result.objectives)
+                           for family in ("vs_reference", "molma_vs")}
     return out
+
+
+def adjust_family(comparisons: dict[str, dict[str, dict]], objectives: list[str], alpha: float = 0.05) -> dict:
+    """Read a table of comparisons as one family of sign tests: adds ``holm_p`` (Holm-adjusted over every
+    model and objective of the table, :func:`molma.eval.stats.holm_adjusted`) to each comparison in place and
+    returns how many tests there are, how many reach ``p < alpha`` alone (with the count expected by chance
+    when no model differs, ``alpha * n``) and which stay significant after the correction (model, objective,
+    ``"gain"`` or ``"loss"`` for A)."""
+    from molma.eval.stats import holm_adjusted
+
+    keys = [(m, o) for m, per in comparisons.items() for o in objectives if per.get(o, {}).get("sign_p") is not None]
+    adjusted = holm_adjusted([comparisons[m][o]["sign_p"] for m, o in keys]) if keys else []
+    nominal, corrected = [], []
+    for (m, o), holm in zip(keys, adjusted):
+        c = comparisons[m][o]
+        c["holm_p"] = float(holm)
+        direction = "gain" if c["n_win"] > c["n_loss"] else "loss" if c["n_loss"] > c["n_win"] else "none"
+        if c["sign_p"] < alpha and direction != "none":
+            nominal.append([m, o, direction])
+            if holm < alpha:
+                corrected.append([m, o, direction])
+    return {"n_tests": len(keys), "alpha": alpha, "expected_by_chance": alpha * len(keys),
+            "nominal": nominal, "holm": corrected}
+
+
+def _family_sentence(summary: dict, better: str, worse: str) -> str:
+    """One paragraph under a comparison table: nominal hits against what chance gives, and Holm survivors
+    (``better`` / ``worse`` name the direction of a gain / loss of the table's A side)."""
+    n, alpha, nominal, holm = summary["n_tests"], summary["alpha"], summary["nominal"], summary["holm"]
+    gains = sum(d == "gain" for *_, d in nominal)
+    listed = ", ".join(f"{m} on {o} ({better if d == 'gain' else worse})" for m, o, d in holm) or "none"
+    return (f"Multiple comparisons: {n} sign tests in this table; {len(nominal)} reach p < {alpha:g} on their own "
+            f"({gains} {better}, {len(nominal) - gains} {worse}), about {alpha * n:.1f} expected by chance if no "
+            f"model differed. Significant after Holm's correction over the {n} (family-wise error {alpha:g}): "
+            f"{listed}.")
 
 
 def evidence_markdown(facts: dict, meta: dict | None = None) -> str:
     """``evidence.json`` as Markdown: mean rewards and KL per model, every model against the reference and
     MOLMA against every model (win / tie / loss, win share among non-tied prompts with its Wilson 95 %
-    interval, sign-test p, mean reward difference with its paired bootstrap 95 % interval)."""
+    interval, sign-test p and its Holm-adjusted value over the table, mean reward difference with its paired
+    bootstrap 95 % interval), and under each table how many tests are significant alone and after Holm."""
     from molma.eval.tables import fmt_p, pct
 
     objectives = facts["objectives"]
@@ -1015,8 +1053,9 @@ def evidence_markdown(facts: dict, meta: dict | None = None) -> str:
 
     def table(title: str, comparisons: dict, row_label: str) -> list[str]:
         out = ["", f"### {title}", "",
-               f"| {row_label} | judge | win | tie | loss | win of non-tied [95 % CI] | sign p | mean diff [95 % CI] |",
-               "|---|---|---|---|---|---|---|---|"]
+               f"| {row_label} | judge | win | tie | loss | win of non-tied [95 % CI] | sign p | Holm p "
+               "| mean diff [95 % CI] |",
+               "|---|---|---|---|---|---|---|---|---|"]
         for m, per in comparisons.items():
             for o in objectives:
                 c = per[o]
@@ -1027,11 +1066,16 @@ def evidence_markdown(facts: dict, meta: dict | None = None) -> str:
                 ties = f"{pct(c['tie'])}" + (f" ({c['n_identical_ties']} same text)" if c.get("n_identical_ties")
                                               else "")
                 out.append(f"| {m} | {o} | {pct(c['win'])} | {ties} | {pct(c['loss'])} | {excl} | "
-                           f"{fmt_p(c['sign_p'])} | {diff} |")
+                           f"{fmt_p(c['sign_p'])} | {fmt_p(c.get('holm_p'))} | {diff} |")
         return out
 
+    multiplicity = facts.get("multiplicity", {})
     lines += table("Every model against the reference (A = the model, B = ref)", facts["vs_reference"], "model")
+    if "vs_reference" in multiplicity:
+        lines += ["", _family_sentence(multiplicity["vs_reference"], "better than the reference", "worse")]
     lines += table("MOLMA (seed 0) against every model (A = molma)", facts["molma_vs"], "opponent")
+    if "molma_vs" in multiplicity:
+        lines += ["", _family_sentence(multiplicity["molma_vs"], "MOLMA better", "MOLMA worse")]
     if meta:
         workers = (meta.get("config") or {}).get("workers", 1)
         parallel = f"; up to {workers} runs at a time, so the wall time is shorter" if workers > 1 else ""

@@ -1,6 +1,7 @@
 """Statistics of the model-based evaluation: win rates with Wilson intervals (paper Figure 2a), paired
 tests of one model against another (sign test on the non-tied prompts, paired bootstrap of the mean
-reward difference), a non-negative per-token KL estimator (k3), reward summaries (Figure 3,
+reward difference), Holm's correction when many comparisons are read together, a non-negative
+per-token KL estimator (k3), reward summaries (Figure 3,
 mean/median table), Pareto dominance and hypervolume (preference sweeps).
 
 Every function here is pure (numbers in, numbers out) and is tested against hand-computed values.
@@ -107,6 +108,26 @@ def sign_test(n_win: int, n_loss: int) -> float:
     from scipy.stats import binomtest
 
     return float(min(1.0, binomtest(n_win, n, 0.5, alternative="two-sided").pvalue))
+
+
+def holm_adjusted(pvalues: ArrayLike) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control over all ``m`` tests, any dependence).
+
+    Sorted ascending, ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``, returned in the input
+    order; a test is significant at family-wise level alpha when its adjusted p is below alpha. E.g.
+    ``[0.01, 0.04, 0.03, 0.2]`` -> ``[0.04, 0.09, 0.09, 0.2]``. Written here because scipy offers only the
+    false-discovery-rate procedures (``scipy.stats.false_discovery_control``), and statsmodels is not a
+    dependency.
+    """
+    p = _finite_vector(pvalues, "holm_adjusted")
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError(f"holm_adjusted: p-values must be in [0, 1], got {p[(p < 0) | (p > 1)][:3].tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.maximum.accumulate(stepped) if m else stepped
+    return out
 
 
 def paired_bootstrap_ci(a: ArrayLike, b: ArrayLike, n_resamples: int = 2000, level: float = 0.95,

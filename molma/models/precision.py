@@ -30,14 +30,33 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # AMX tiles (Intel Sapphire Rapids on), AVX-512 BF16 dot products
+
+
+def cpuinfo_facts(text: str) -> dict:
+    """The CPU's model name and which of :data:`BF16_CPU_FLAGS` it lists, from ``/proc/cpuinfo`` text."""
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model is None:
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags.update(value.split())
+    return {"cpu_model": model, "cpu_bf16_units": [f for f in BF16_CPU_FLAGS if f in flags]}
+
+
 @functools.lru_cache(maxsize=1)
+def read_cpuinfo() -> dict:
+    """:func:`cpuinfo_facts` of this machine (no model and no units where ``/proc/cpuinfo`` is absent)."""
+    try:
+        return cpuinfo_facts(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return {"cpu_model": None, "cpu_bf16_units": []}
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 matrix units (AMX-BF16 or AVX-512-BF16), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool(read_cpuinfo()["cpu_bf16_units"])
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from molma.eval.stats import (
     bootstrap_ci,
+    holm_adjusted,
     hypervolume,
     k3_kl,
     paired_bootstrap_ci,
@@ -326,3 +327,32 @@ def test_hypervolume_bootstrap_ci_is_zero_when_no_point_beats_the_reference_and_
         hypervolume_bootstrap_ci([np.zeros((9, 2))], ref)
     with pytest.raises(ValueError, match="non-finite"):
         hypervolume_bootstrap_ci([np.full((10, 2), np.nan)], ref)
+
+
+# ------------------------------------------------------------------------------------------ Holm's correction
+def test_holm_adjusted_hand_computed():
+    # sorted: 0.01 * 4 = 0.04; 0.03 * 3 = 0.09; 0.04 * 2 = 0.08 -> running max 0.09; 0.2 * 1 = 0.2
+    np.testing.assert_allclose(holm_adjusted([0.01, 0.04, 0.03, 0.2]), [0.04, 0.09, 0.09, 0.2])
+    # capped at 1, and one test is its own family
+    np.testing.assert_allclose(holm_adjusted([0.5, 0.6]), [1.0, 1.0])
+    assert holm_adjusted([0.03]).tolist() == [0.03]
+    assert holm_adjusted([]).size == 0
+
+
+def test_holm_adjusted_laws():
+    rng = np.random.default_rng(0)
+    for m in (2, 5, 40):
+        p = rng.uniform(0, 0.2, m)
+        adj = holm_adjusted(p)
+        assert np.all(adj >= p) and np.all(adj <= 1)           # never more lenient than the raw test
+        assert np.all(adj <= np.minimum(1, m * p) + 1e-15)     # never stricter than Bonferroni
+        order = np.argsort(p)
+        assert np.all(np.diff(adj[order]) >= 0)                 # keeps the order of the raw p-values
+        perm = rng.permutation(m)
+        np.testing.assert_allclose(holm_adjusted(p[perm]), adj[perm])  # depends on the set, not its order
+
+
+@pytest.mark.parametrize("bad", [[0.1, float("nan")], [1.5], [-0.1]])
+def test_holm_adjusted_rejects_bad_pvalues(bad):
+    with pytest.raises(ValueError, match="holm_adjusted"):
+        holm_adjusted(bad)

@@ -220,3 +220,24 @@ def test_a_trainable_base_under_lora_still_gets_its_gradient(tiny_model):
         logits = policy(input_ids=ids).logits
     logits.float().logsumexp(-1).mean().backward()
     assert base.weight.grad is not None and base.weight.grad.abs().sum() > 0
+
+
+def test_cpuinfo_facts_name_the_cpu_and_its_bf16_units():
+    from molma.models.precision import cpuinfo_facts
+
+    zen4 = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n"
+            "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert cpuinfo_facts(zen4) == {"cpu_model": "AMD EPYC", "cpu_bf16_units": ["avx512_bf16"]}
+    spr = "model name : Intel(R) Xeon(R) Platinum 8481C\nflags : amx_bf16 amx_tile avx512_bf16\n"
+    assert cpuinfo_facts(spr)["cpu_bf16_units"] == ["amx_bf16", "avx512_bf16"]
+    # no bf16 unit (avx512bw is not one): auto precision falls back to fp32 on such a CPU
+    assert cpuinfo_facts("model name : old\nflags : avx2 avx512bw\n")["cpu_bf16_units"] == []
+
+
+def test_environment_info_records_the_cpu_for_timings():
+    from molma.environment import environment_info
+    from molma.models.precision import read_cpuinfo
+
+    env = environment_info()
+    assert env["cpu_model"] == read_cpuinfo()["cpu_model"]
+    assert env["cpu_bf16_units"] == read_cpuinfo()["cpu_bf16_units"]
