@@ -199,6 +199,11 @@ class _Dotted(dict):
     than replacing it."""
 
 
+class _Whole(dict):
+    """A mapping written whole on the command line (``a={b: x}``, ``a={}``): it replaces ``a``, also the
+    file's value, instead of merging into it."""
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """Parse ``key=value`` / ``a.b=value`` strings (values are YAML: ``3``, ``1e-5``, ``[a, b]``, ``true``)
     into a nested dict. ``a.b=x`` changes key ``b`` of ``a`` and keeps its other keys (also those of
@@ -223,14 +228,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             node = node.setdefault(part, _Dotted())
             if not isinstance(node, dict):
                 raise ConfigError(f"command line: {key!r} sets inside a non-mapping value")
-        node[parts[-1]] = value
+        node[parts[-1]] = _Whole(value) if isinstance(value, dict) else value
     return out
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+        if isinstance(v, Mapping) and not isinstance(v, _Whole) and isinstance(out.get(k), Mapping):
             out[k] = _merge(dict(out[k]), v)
         else:
             out[k] = v

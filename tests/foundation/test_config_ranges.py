@@ -191,6 +191,10 @@ def test_a_dotted_override_merges_into_the_file_value_and_a_whole_mapping_replac
     assert cfg.objectives == {"help": "a", "safe": "b", "extra": "d"}
     cfg = load_config(TrainConfig, overrides=["objectives={help: a, other: b}", "safe_objective=other"])
     assert cfg.objectives == {"help": "a", "other": "b"}
+    # a whole mapping replaces the file's value too (e.g. `lr_search={}` turns the experiment's search off)
+    cfg = load_config(TrainConfig, path,
+                      ["objectives={help: x, other: y}", "safe_objective=other", "importance=[1, 1]"])
+    assert cfg.objectives == {"help": "x", "other": "y"}
 
 
 def test_nested_dataclass_dotted_overrides_keep_their_other_defaults():
