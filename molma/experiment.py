@@ -1168,9 +1168,14 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     wall = round(time.perf_counter() - t_start, 1)
     # an experiment finished over several invocations of one config (resumed after a kill, or rerun only to
     # publish): keep each finished one's wall time and the stages it ran, so the cost stays on record when the
-    # last invocation only reuses stages; another config starts the record anew
+    # last invocation only reuses stages; another config starts the record anew (the title only names the
+    # report, so a new title, e.g. when publishing, keeps the record)
     previous = json.loads((root / f"{label}.json").read_text()) if (root / f"{label}.json").is_file() else {}
-    if previous.get("config") != to_dict(cfg):
+
+    def settings(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k != "title"}
+
+    if settings(previous.get("config") or {}) != settings(to_dict(cfg)):
         previous = {}
     ran = [name for name in stages.timings if name not in stages.reused]
     invocations = [*previous.get("invocations", []),

@@ -100,8 +100,8 @@ def test_stage_graph_runs_connects_and_resumes(setup, capsys):
     # the last lines are the one-sentence verdict about MOLMA
     assert "molma" in " ".join(printed.strip().splitlines()[-3:]).lower()
     assert (out / "evidence.md").read_text().count("| molma-s1 |") >= 2  # every seed against the reference
-    # a second run reuses every stage
-    run_experiment(str(config))
+    # a second run reuses every stage (a new report title changes no stage and keeps the cost record)
+    run_experiment(str(config), ["title='another title'"])
     printed = capsys.readouterr().out
     assert "running" not in printed and printed.count("reused") >= 8
     record = json.loads((out / "experiment.json").read_text())  # both invocations stay on record
