@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from molma.models.precision import read_cpuinfo
+from molma.environment import read_cpuinfo
 
 GIB = 1024**3
 

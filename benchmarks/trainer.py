@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from molma.environment import environment_info
+from molma.environment import read_cpuinfo
 from molma.models import LoraSettings
 from molma.rl import MultiObjectiveTrainer, TrainConfig
 
@@ -156,7 +156,7 @@ def main() -> None:
     parts = args.parts.split(",")
     out: dict = {"settings": vars(args), "torch_threads": torch.get_num_threads(),
                  "python": platform.python_version(), "torch": torch.__version__,
-                 "cpu": {k: v for k, v in environment_info().items() if k.startswith("cpu")},
+                 "cpu": {**read_cpuinfo(), "cpu_count": os.cpu_count()},
                  "note": "ratios compare medians of the same phases in one run; lr ~0 so every variant samples "
                          "the same responses (see response_tokens_mean)"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,43 +15,18 @@ AVX-512-BF16), else fp32.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from molma.environment import read_cpuinfo
 from molma.models.packing import packed_float32_layer, packed_linear
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # AMX tiles (Intel Sapphire Rapids on), AVX-512 BF16 dot products
-
-
-def cpuinfo_facts(text: str) -> dict:
-    """The CPU's model name and which of :data:`BF16_CPU_FLAGS` it lists, from ``/proc/cpuinfo`` text."""
-    model, flags = None, set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model is None:
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags.update(value.split())
-    return {"cpu_model": model, "cpu_bf16_units": [f for f in BF16_CPU_FLAGS if f in flags]}
-
-
-@functools.lru_cache(maxsize=1)
-def read_cpuinfo() -> dict:
-    """:func:`cpuinfo_facts` of this machine (no model and no units where ``/proc/cpuinfo`` is absent)."""
-    try:
-        return cpuinfo_facts(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return {"cpu_model": None, "cpu_bf16_units": []}
 
 
 def cpu_has_bf16() -> bool:

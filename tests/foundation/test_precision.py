@@ -223,7 +223,7 @@ def test_a_trainable_base_under_lora_still_gets_its_gradient(tiny_model):
 
 
 def test_cpuinfo_facts_name_the_cpu_and_its_bf16_units():
-    from molma.models.precision import cpuinfo_facts
+    from molma.environment import cpuinfo_facts
 
     zen4 = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n"
             "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
@@ -235,8 +235,7 @@ def test_cpuinfo_facts_name_the_cpu_and_its_bf16_units():
 
 
 def test_environment_info_records_the_cpu_for_timings():
-    from molma.environment import environment_info
-    from molma.models.precision import read_cpuinfo
+    from molma.environment import environment_info, read_cpuinfo
 
     env = environment_info()
     assert env["cpu_model"] == read_cpuinfo()["cpu_model"]
