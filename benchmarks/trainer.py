@@ -2,7 +2,7 @@
 
 1. precision: seconds per iteration of the demo's MOLMA config (experience 16, whole-batch step) in bf16
    autocast vs float32 (target: bf16 >= 1.8x faster);
-2. rollout: molma's generation path (bf16, float32 LM head, seeded Gumbel sampling) in tokens/s against
+2. rollout: molma's generation path (bf16, the sampling head, seeded inversion sampling) in tokens/s against
    plain float32 HF ``generate`` on the same prompts and the same LoRA policy (target >= 2.5x);
 3. cost of K objectives: MOLMA ``fast`` and ``exact`` against SO-weighted on the same batch for K = 2, 4, 8
    rule objectives (targets: fast <= 1.10x at every K, exact <= 2.5x at K = 8);
@@ -103,7 +103,7 @@ def generation_speed(args) -> dict:
                 new = out[:, enc["input_ids"].shape[1]:]
                 n_tokens = int((new != tok.pad_token_id).sum())
             else:
-                with autocast(model, "bf16" if name.endswith("bf16") else "fp32", inference=True):
+                with autocast(model, "bf16" if name.endswith("bf16") else "fp32", sampling=True):
                     batch, _ = generate(model, tok, texts, settings, seed=r)
                 n_tokens = int(batch.response_mask.sum())
             if r:  # round 0 is a warm-up

@@ -407,11 +407,9 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
     from molma.data import load_builtin_preferences
     from molma.data.mixing import split_off
     from molma.rewards import (
-        RewardModel,
         RewardTrainConfig,
         evaluate_reward_model,
         format_table,
-        train_reward_model,
     )
     from molma.rewards.evaluate import write_results
 
@@ -441,18 +439,21 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
                                              f"rm_safe_candidates[{i}]")
     else:
         configs["safe"] = rm_config("safe", cfg.rm_safe, out / "rm-safe", "rm_safe")
-    jobs = {name: (c, train_sets[c.objective]) for name, c in configs.items()}
+    # Table 2 (each judge on every held-out set) is scored by the job that trained the judge, so RMhelp's
+    # scoring runs beside RMsafe's training (the demo's judges stage: 107 s of sequential scoring after it)
+    jobs = {name: (c, train_sets[c.objective], heldout_sets if name in POOLS else None)
+            for name, c in configs.items()}
+    scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
     if cfg.workers > 1 and len(jobs) > 1:
         # the RMsafe candidates first (the longest jobs), RMhelp when a worker is free
         order = sorted(jobs, key=lambda n: n == "help")
         with _worker_pool(cfg.workers) as pool:
             futures = {name: pool.submit(_train_rm_job, *jobs[name], cfg.threads) for name in order}
-            for future in futures.values():
-                future.result()
+            for name, future in futures.items():
+                scored.update({(name, label): row for label, row in future.result().items()})
     else:
-        for c, pairs in jobs.values():
-            train_reward_model(c, pairs=pairs)
-    scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
+        for name, job in jobs.items():
+            scored.update({(name, label): row for label, row in _train_and_score_rm(*job).items()})
     if candidates:
         configs["safe"], chosen_rows = _select_rm_safe(cfg, configs, out, heldout_sets)
         scored.update({("safe", label): row for label, row in chosen_rows.items()})
@@ -460,31 +461,49 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
     rows = []
     for objective in POOLS:
         rm_cfg = configs[objective]
-        # scored as trained: same context length; forwards in the run's precision, the score head in float32
-        judge = RewardModel.from_pretrained(rm_cfg.output_path, name=objective, max_length=rm_cfg.max_length,
-                                            precision=cfg.precision)
+        judge = None
         for label, data in heldout_sets.items():
-            row = scored.get((objective, label)) or evaluate_reward_model(judge, data)
+            row = scored.get((objective, label)) or evaluate_reward_model(judge := judge or _load_judge(rm_cfg), data)
             rows.append({**row, "model": f"RM{objective}", "data": label, "trained_pairs": len(train_sets[objective]),
                          "train_data": ("HH-RLHF harmless (train dialogues)" if objective == "safe" and cfg.hh_data
                                         else f"builtin-{objective} (train split)")})
         for label, spec in cfg.rm_benchmarks.items():
             from molma.rewards import load_pairs
 
+            judge = judge or _load_judge(rm_cfg)
             row = evaluate_reward_model(judge, load_pairs(spec, objective=objective))
             rows.append({**row, "model": f"RM{objective}", "data": label})
     write_results(rows, out)
     print(format_table(rows), flush=True)
 
 
-def _train_rm_job(rm_cfg, pairs: list, threads: int | None) -> str:
-    """One reward model (also the body of a worker process); returns its folder."""
-    from molma.rewards import train_reward_model
-
+def _train_rm_job(rm_cfg, pairs: list, heldout_sets: dict[str, list] | None, threads: int | None) -> dict[str, dict]:
+    """:func:`_train_and_score_rm` as the body of a worker process."""
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
-    return str(train_reward_model(rm_cfg, pairs=pairs))
+    return _train_and_score_rm(rm_cfg, pairs, heldout_sets)
+
+
+def _train_and_score_rm(rm_cfg, pairs: list, heldout_sets: dict[str, list] | None) -> dict[str, dict]:
+    """Train one reward model and score it on ``heldout_sets`` (label -> pairs; None: not scored). Returns the
+    rows of :func:`molma.rewards.evaluate_reward_model` by label."""
+    from molma.rewards import evaluate_reward_model, train_reward_model
+
+    train_reward_model(rm_cfg, pairs=pairs)
+    if not heldout_sets:
+        return {}
+    judge = _load_judge(rm_cfg)
+    return {label: evaluate_reward_model(judge, data) for label, data in heldout_sets.items()}
+
+
+def _load_judge(rm_cfg):
+    """A trained reward model as a judge, scored as trained: the same context length; forwards in the run's
+    precision, the score head in float32."""
+    from molma.rewards import RewardModel
+
+    return RewardModel.from_pretrained(rm_cfg.output_path, name=rm_cfg.objective, max_length=rm_cfg.max_length,
+                                       precision=rm_cfg.precision)
 
 
 def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_sets: dict) -> tuple[Any, dict]:

@@ -83,7 +83,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str | Prompt], max_ne
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + b)
-                with autocast(model, precision, inference=True):
+                with autocast(model, precision, sampling=True):
                     seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                           **sampling)
             new = seqs[:, enc["input_ids"].shape[1]:]

@@ -66,20 +66,21 @@ def packed_linear(weight: Tensor, bias: Tensor | None = None) -> Callable[[Tenso
     return forward
 
 
-# layer -> ((weight, bias) identities and versions, its packed forward): a frozen layer (the LM head) is packed
-# once, not at every generation call (52 ms for SmolLM2's 49,152 x 576 head)
-_PACKED_LAYERS: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Callable[[Tensor], Tensor]]] = \
+# (layer, dtype) -> ((weight, bias) identities and versions, its packed forward): a frozen layer (the LM head) is
+# packed once, not at every generation call (52 ms for SmolLM2's 49,152 x 576 head in float32)
+_PACKED_LAYERS: weakref.WeakKeyDictionary[nn.Linear, dict[torch.dtype, tuple[tuple, Callable[[Tensor], Tensor]]]] = \
     weakref.WeakKeyDictionary()
 
 
-def packed_float32_layer(layer: nn.Linear) -> Callable[[Tensor], Tensor]:
-    """:func:`packed_linear` of ``layer``'s float32 weight and bias, reused while neither was replaced or changed
-    in place (a tensor's version counts its in-place updates: an optimizer step repacks)."""
+def packed_layer(layer: nn.Linear, dtype: torch.dtype = torch.float32) -> Callable[[Tensor], Tensor]:
+    """:func:`packed_linear` of ``layer``'s weight and bias in ``dtype``, reused while neither was replaced or
+    changed in place (a tensor's version counts its in-place updates: an optimizer step repacks)."""
     weight, bias = layer.weight, layer.bias
     key = tuple((t.data_ptr(), t._version, t.dtype) if t is not None else None for t in (weight, bias))
-    cached = _PACKED_LAYERS.get(layer)
+    per_dtype = _PACKED_LAYERS.setdefault(layer, {})
+    cached = per_dtype.get(dtype)
     if cached is not None and cached[0] == key:
         return cached[1]
-    forward = packed_linear(weight.float(), None if bias is None else bias.float())
-    _PACKED_LAYERS[layer] = (key, forward)
+    forward = packed_linear(weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype))
+    per_dtype[dtype] = (key, forward)
     return forward

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from molma.environment import read_cpuinfo
-from molma.models.packing import packed_float32_layer, packed_linear
+from molma.models.packing import packed_layer, packed_linear
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,9 +62,8 @@ def output_layers(model: nn.Module) -> list[nn.Linear]:
     A peft model is unwrapped to its base model (adapters live inside the decoder, not in these)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers: list[nn.Linear] = []
-    get_head = getattr(base, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if isinstance(head, nn.Linear):
+    head = _lm_head(model)
+    if head is not None:
         layers.append(head)
     for name in ("score", "classifier"):
         layer = getattr(base, name, None)
@@ -74,6 +73,14 @@ def output_layers(model: nn.Module) -> list[nn.Linear]:
         elif layer is not None and isinstance(getattr(layer, "original_module", None), nn.Linear):
             layers.extend(m for m in layer.modules() if isinstance(m, nn.Linear) and m not in layers)
     return layers
+
+
+def _lm_head(model: nn.Module) -> nn.Linear | None:
+    """The causal LM head of ``model`` (a peft model unwrapped), or None (a reward model has none)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_head = getattr(base, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return head if isinstance(head, nn.Linear) else None
 
 
 @contextlib.contextmanager
@@ -96,7 +103,7 @@ def _float32_outputs(layers: list[nn.Linear], inference: bool = False):
     on entry and prepacked (:func:`molma.models.packing.packed_linear`; same results, no gradient)."""
 
     def float32_forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-        packed = packed_float32_layer(layer) if inference else None
+        packed = packed_layer(layer) if inference else None
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device_type=x.device.type, enabled=False):
@@ -109,6 +116,47 @@ def _float32_outputs(layers: list[nn.Linear], inference: bool = False):
 
     return _replaced_forwards({layer: float32_forward(layer) for layer in layers
                                if "forward" not in layer.__dict__})  # not patched by an enclosing context
+
+
+# the logits of each row that the sampling head recomputes in float32, and the most rows it serves (one position
+# per sequence while decoding; a longer input takes the float32 head)
+SAMPLING_EXACT_TOP = 64
+SAMPLING_MAX_ROWS = 1024
+
+
+def sampling_logits(x: torch.Tensor, half: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor,
+                    bias: torch.Tensor | None, exact_top: int = SAMPLING_EXACT_TOP) -> torch.Tensor:
+    """Float32 logits for sampling the next token: the product with the half-precision weight (``half``),
+    then each row's ``exact_top`` largest logits replaced by their float32 values (``weight``, ``bias``).
+
+    The half-precision product rounds every logit to bf16 (0.125 apart near 20), which would move the top
+    tokens' probabilities by up to ~6 %; recomputing the top ones in float32 leaves that rounding only on tokens
+    outside them, whose probabilities it changes by the same few per cent of a small number. Samples and their
+    log-probabilities both come from these logits, so the two agree exactly."""
+    with torch.autocast(device_type=x.device.type, enabled=False):  # the recomputation must stay float32
+        logits = half(x).float()
+        top = logits.topk(min(exact_top, logits.shape[-1]), dim=-1).indices  # [..., k]
+        exact = (weight.float()[top] @ x.float().unsqueeze(-1)).squeeze(-1)  # [..., k, H] @ [..., H, 1]
+        if bias is not None:
+            exact = exact + bias.float()[top]
+        return logits.scatter_(-1, top, exact)
+
+
+def _sampling_head(layer: nn.Linear, dtype: torch.dtype):
+    """Run a causal LM's head as :func:`sampling_logits` (decoding only: one position per sequence, no gradient;
+    other inputs take the float32 head). Its half-precision product is 3.6x faster than the float32 one on
+    SmolLM2's 49,152 x 576 head at 16 rows (5.4 vs 19.7 ms, both prepacked; measured), a fifth of a decoding
+    step."""
+    half, exact = packed_layer(layer, dtype), packed_layer(layer)
+    weight = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x[..., 0].numel() > SAMPLING_MAX_ROWS or (x.dim() > 2 and x.shape[-2] > 1):
+            return exact(x.float())
+        return sampling_logits(x, half, weight, bias)
+
+    return _replaced_forwards({layer: forward} if "forward" not in layer.__dict__ else {})
 
 
 def _is_plain_tensor(t: torch.Tensor) -> bool:
@@ -214,12 +262,14 @@ def _half_frozen_linears(model: nn.Module, dtype: torch.dtype, keep: list[nn.Lin
 
 
 @contextlib.contextmanager
-def autocast(model: nn.Module, precision: str, inference: bool = False) -> Iterator[None]:
+def autocast(model: nn.Module, precision: str, inference: bool = False, sampling: bool = False) -> Iterator[None]:
     """Run forwards of ``model`` (and anything else called inside) in ``precision`` (already resolved:
     fp32 / bf16 / fp16), with ``model``'s output layers in float32. fp32 is a no-op. ``inference``: no
     gradient will flow through the context's forwards (generation), so LoRA adapters are folded into their
     layers' half-precision weights (:func:`_lora_forwards`) and on CPU every linear layer's weight is prepacked
-    once on entry (:mod:`molma.models.packing`)."""
+    once on entry (:mod:`molma.models.packing`). ``sampling`` (decoding, implies ``inference``): the LM head's
+    logits are the half-precision product with each row's largest recomputed in float32
+    (:func:`sampling_logits`); forwards that score given tokens (a reference, a judge) leave it off."""
     if precision == "auto":
         precision = resolve_precision(precision, _device_of(model))
     if precision not in DTYPES:
@@ -227,11 +277,15 @@ def autocast(model: nn.Module, precision: str, inference: bool = False) -> Itera
     if precision == "fp32":
         yield
         return
+    inference = inference or sampling
     device = _device_of(model)
     outputs = output_layers(model)
     dtype = DTYPES[precision]
     lora = _lora_linears(model)
-    with (torch.autocast(device_type=device.type, dtype=dtype), _float32_outputs(outputs, inference),
+    head = _lm_head(model) if sampling else None
+    with (torch.autocast(device_type=device.type, dtype=dtype),
+          _sampling_head(head, dtype) if head is not None else contextlib.nullcontext(),
+          _float32_outputs(outputs, inference),
           _lora_forwards(lora, dtype, merged=inference),
           # the LoRA layers' forwards hold their own copies of their bases: none made twice
           _half_frozen_linears(model, dtype, outputs + [layer.get_base_layer() for layer in lora], inference)):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import LogitsProcessorList
 
-from molma.rl.sampling import GumbelSampler, row_seed
+from molma.rl.sampling import RowSampler, row_seed
 
 if TYPE_CHECKING:
     from molma.distributed import Layout
@@ -96,8 +96,8 @@ def tokenize_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> dic
 def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, seed: int,
              rows: list[int] | None = None, synced: bool = False) -> tuple[Batch, Tensor]:
     """Sample one response per prompt text (already chat-templated). Returns the batch layout and the
-    sampling policy's log-probabilities [B, T] of the sampled tokens, computed from the raw logits that
-    generate() returns (no second forward pass).
+    sampling policy's log-probabilities [B, T] of the sampled tokens, from the raw logits of each decoding step
+    (kept by the sampler; no second forward pass).
 
     Sampling is batch-invariant (:mod:`molma.rl.sampling`): text ``i`` uses the generator of row
     ``rows[i]`` (default ``i``), so a process holding rows 32..63 of the experience draws exactly what a
@@ -113,19 +113,17 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     was_training = model.training
     model.eval()
     stop_ids = _stop_ids(tokenizer, model)
-    processors = []
-    if settings.do_sample:
-        processors.append(GumbelSampler([row_seed(seed, r) for r in rows], settings.temperature,
-                                        settings.top_k, settings.top_p))
+    sampler = RowSampler([row_seed(seed, r) for r in rows], settings.temperature, settings.top_k,
+                         settings.top_p) if settings.do_sample else None
     out = model.generate(
         **enc,
         max_new_tokens=settings.max_new_tokens,
-        do_sample=False,  # greedy over Gumbel-perturbed scores = sampling (see molma.rl.sampling)
-        logits_processor=LogitsProcessorList(processors),
+        do_sample=False,  # greedy over the sampler's one surviving token = sampling (see molma.rl.sampling)
+        logits_processor=LogitsProcessorList([sampler] if sampler is not None else []),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(stop_ids),
         return_dict_in_generate=True,
-        output_logits=True,
+        output_logits=sampler is None,  # greedy: the log-probs come from the logits below
         synced_gpus=synced,
     )
     model.train(was_training)
@@ -133,10 +131,12 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     seq = out.sequences
     response_ids = seq[:, P:]
     T = response_ids.shape[1]
-    # from the raw logits (before temperature / top-p), one step at a time: a [B, T, V] stack and its log-softmax
-    # would be two fresh copies of every step's logits (75 MB each at batch 16, 24 tokens, SmolLM2's vocabulary)
-    logp = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(-1, response_ids[:, t, None]).squeeze(-1)
-                        for t, step in enumerate(out.logits[:T])], dim=1)
+    if sampler is not None:
+        logp = sampler.logprobs[:, :T].to(device)
+    else:  # one step at a time: a [B, T, V] stack and its log-softmax would be two fresh copies of every step's
+        # logits (75 MB each at batch 16, 24 tokens, SmolLM2's vocabulary)
+        logp = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(-1, response_ids[:, t, None]).squeeze(-1)
+                            for t, step in enumerate(out.logits[:T])], dim=1)
     resp_mask = response_mask_from_ids(response_ids, stop_ids)
     attn = torch.cat([enc["attention_mask"], resp_mask.long()], dim=1)
     return Batch(seq, attn, P, resp_mask), logp * resp_mask

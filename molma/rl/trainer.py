@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 #: Each iteration's random streams are seeded ``seed * multiplier + iteration``, a different prime per
 #: stream, so that the streams of one run, and of runs with nearby seeds, do not share seeds.
 PROMPT_SEED_MULTIPLIER = 1_000_003  # which prompts the experience holds (rl.prompts.sample_batch)
-SAMPLING_SEED_MULTIPLIER = 7_919  # the rollout's per-row Gumbel streams (rl.sampling)
+SAMPLING_SEED_MULTIPLIER = 7_919  # the rollout's per-row random streams (rl.sampling)
 MINIBATCH_SEED_MULTIPLIER = 104_729  # the order of the rows in the update's mini-batches
 
 
@@ -249,7 +249,7 @@ class MultiObjectiveTrainer:
         prompts = [p for p in prompts for _ in range(group)]
         rows = list(self.layout.rows(len(prompts)))
         texts = [render_prompt(self.tokenizer, prompts[i].text) for i in rows]
-        with self.layout.generating(self.policy), autocast(self.policy, self.precision, inference=True):
+        with self.layout.generating(self.policy), autocast(self.policy, self.precision, sampling=True):
             batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
                                        seed=iteration_seed(cfg.seed, SAMPLING_SEED_MULTIPLIER, iteration), rows=rows,
                                        synced=self.layout.synced_generation)

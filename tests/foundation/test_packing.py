@@ -104,14 +104,14 @@ def test_a_packed_float32_layer_is_reused_until_its_weight_changes():
     layer = torch.nn.Linear(48, 96)
     x = torch.randn(16, 48)
     with torch.no_grad():
-        first = packing.packed_float32_layer(layer)
-        assert packing.packed_float32_layer(layer) is first  # packed once
+        first = packing.packed_layer(layer)
+        assert packing.packed_layer(layer) is first  # packed once
         assert torch.equal(first(x), layer(x))
         layer.weight.mul_(2.0)  # an in-place update (an optimizer step, load_state_dict) repacks
-        again = packing.packed_float32_layer(layer)
+        again = packing.packed_layer(layer)
         assert again is not first and torch.equal(again(x), layer(x))
         layer.weight = torch.nn.Parameter(torch.randn(96, 48))  # so does a new weight
-        assert torch.equal(packing.packed_float32_layer(layer)(x), layer(x))
+        assert torch.equal(packing.packed_layer(layer)(x), layer(x))
 
 
 def test_decoding_keeps_only_the_packed_copy_of_a_folded_layer(tiny_model):

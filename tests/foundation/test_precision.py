@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from molma.models.precision import autocast, output_layers, resolve_precision
 from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
@@ -153,9 +154,11 @@ def test_inference_context_folds_the_adapters_into_one_half_weight_and_restores_
         assert torch.equal(p, before[n]), n
 
 
-def test_merged_generation_logprobs_match_the_training_forward_on_smollm2():
-    """The rollout's log-probs (sampled with the adapters folded into bf16 weights) stay within the bf16
-    tolerance of the float32 teacher-forced log-probs the policy is trained against, on SmolLM2 + LoRA."""
+@pytest.mark.parametrize("context", ["inference", "sampling"])
+def test_merged_generation_logprobs_match_the_training_forward_on_smollm2(context):
+    """The rollout's log-probs (sampled with the adapters folded into bf16 weights; under ``sampling`` with the
+    bf16 LM head whose top logits are recomputed in float32) stay within the bf16 tolerance of the float32
+    teacher-forced log-probs the policy is trained against, on SmolLM2 + LoRA."""
     from molma.data import load_builtin_prompts
     from molma.data.chat import render_prompt
     from molma.models import ModelNotAvailableError, load_model
@@ -166,7 +169,7 @@ def test_merged_generation_logprobs_match_the_training_forward_on_smollm2():
         pytest.skip(str(err))
     policy = _lora_policy_with_trained_adapters(model, r=8)
     texts = [render_prompt(tok, p.text) for p in load_builtin_prompts("help")[:4]]
-    with autocast(policy, "bf16", inference=True):
+    with autocast(policy, "bf16", **{context: True}):
         batch, logp_rollout = generate(policy, tok, texts, GenerationSettings(max_new_tokens=12), seed=0)
     with torch.no_grad():
         lp32, _ = sequence_logprobs(policy, batch)
@@ -240,3 +243,31 @@ def test_environment_info_records_the_cpu_for_timings():
     env = environment_info()
     assert env["cpu_model"] == read_cpuinfo()["cpu_model"]
     assert env["cpu_bf16_units"] == read_cpuinfo()["cpu_bf16_units"]
+
+
+def test_sampling_head_recomputes_each_rows_top_logits_in_float32():
+    """The decoding head: each row's largest logits exactly float32 (what the float32 head gives), the rest the
+    bf16 product; an input of several positions (a scoring forward) takes the float32 head."""
+    from molma.models import packing, precision
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 500, bias=True)
+    x = torch.randn(4, 1, 32)
+    exact = F.linear(x, head.weight, head.bias)
+    half = packing.packed_layer(head, torch.bfloat16)
+    logits = precision.sampling_logits(x, half, head.weight, head.bias, exact_top=16)
+    top = half(x).float().topk(16, dim=-1).indices
+    torch.testing.assert_close(logits.gather(-1, top), exact.gather(-1, top), rtol=1e-6, atol=1e-6)
+    rest = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, top, False)
+    assert torch.equal(logits[rest], half(x).float()[rest])
+    assert (logits[rest] - exact[rest]).abs().max() > 0  # the tail keeps its bf16 rounding
+    model = torch.nn.Sequential()
+    model.get_output_embeddings = lambda: head
+    many = torch.randn(4, 3, 32)
+    with torch.no_grad():
+        expected = precision.sampling_logits(x, half, head.weight, head.bias), F.linear(many, head.weight, head.bias)
+        with precision.autocast(model, "bf16", sampling=True):
+            got = head(x), head(many)
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-6, atol=1e-5)
+    assert "forward" not in head.__dict__  # restored

@@ -9,7 +9,7 @@ import torch
 from molma.data.chat import render_prompt
 from molma.distributed import shard_rows as shard
 from molma.rl.rollout import GenerationSettings, generate, pad_batch, pad_tokens, sequence_logprobs
-from molma.rl.sampling import GumbelSampler, row_seed, warp_logits
+from molma.rl.sampling import RowSampler, pick_by_inversion, row_seed, warp_logits
 
 NEG = float("-inf")
 
@@ -27,19 +27,52 @@ def test_warp_logits_top_k_and_top_p_by_hand():
     assert torch.allclose(warp_logits(torch.tensor([[2.0, 4.0]]), temperature=2.0), torch.tensor([[1.0, 2.0]]))
 
 
-def test_gumbel_sampler_draws_from_the_softmax():
+def test_inversion_picks_by_hand():
+    # cumulative probabilities 0.6, 0.9, 1.0: u below 0.6 -> token 0, [0.6, 0.9) -> 1, [0.9, 1) -> 2;
+    # the rows need not be normalised (6, 3, 1 is the same distribution)
+    u = torch.tensor([0.0, 0.59, 0.61, 0.899, 0.91, 1.0 - 2.0**-53], dtype=torch.float64)
+    for probs in ([0.6, 0.3, 0.1], [6.0, 3.0, 1.0]):
+        assert pick_by_inversion(torch.tensor(probs).expand(6, 3), u).tolist() == [0, 0, 1, 1, 2, 2]
+    # a token of probability 0 (removed) is skipped, even at the first position and at u's extremes
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).expand(3, 5)
+    picks = pick_by_inversion(probs, torch.tensor([0.0, 0.5, 1.0 - 2.0**-53], dtype=torch.float64))
+    assert picks.tolist() == [1, 3, 3]
+
+
+def test_row_sampler_keeps_the_raw_log_probs_of_its_draws():
+    """The log-probs a rollout returns: of the policy's own (raw) logits, also when the sampler warps them."""
+    scores = torch.randn(3, 7)
+    for kwargs in ({}, {"temperature": 0.5, "top_k": 3}):
+        sampler = RowSampler([1, 2, 3], **kwargs)
+        picks = [sampler.draw(scores) for _ in range(4)]
+        expected = torch.stack([torch.log_softmax(scores, -1).gather(-1, p[:, None]).squeeze(-1) for p in picks], 1)
+        torch.testing.assert_close(sampler.logprobs, expected)
+
+
+def test_row_sampler_draws_from_the_softmax():
     probs = torch.tensor([0.6, 0.3, 0.1])
     scores = torch.log(probs).expand(4000, 3).contiguous()
-    sampler = GumbelSampler([row_seed(0, i) for i in range(4000)])
-    picks = sampler(None, scores).argmax(-1)
+    sampler = RowSampler([row_seed(0, i) for i in range(4000)])
+    out = sampler(None, scores)
+    picks = out.argmax(-1)
+    assert torch.isfinite(out).sum(-1).eq(1).all()  # greedy decoding can only take the drawn token
     freq = torch.bincount(picks, minlength=3).float() / 4000
     assert torch.allclose(freq, probs, atol=0.03), freq  # 4 sigma ~ 0.03 at n = 4000
 
 
-def test_gumbel_sampler_never_picks_filtered_tokens():
+def test_row_sampler_never_picks_filtered_tokens():
     scores = torch.tensor([[1.0, 0.5, 0.0, NEG]]).expand(400, 4).contiguous()
-    picks = GumbelSampler(list(range(400)), top_k=2)(None, scores).argmax(-1)
+    picks = RowSampler(list(range(400)), top_k=2)(None, scores).argmax(-1)
     assert set(picks.tolist()) == {0, 1}  # top-2 drops 0.0; -inf is never chosen
+
+
+def test_row_sampler_rows_follow_their_own_generators():
+    """A row's draws depend on its seed only, not on the other rows of the batch."""
+    scores = torch.randn(5, 50)
+    alone = RowSampler([row_seed(3, 4)])
+    batch = RowSampler([row_seed(3, i) for i in range(5)])
+    for _ in range(4):
+        assert batch.draw(scores)[4] == alone.draw(scores[4:])[0]
 
 
 def test_generation_is_the_same_whatever_the_batch(tiny_model):

@@ -245,10 +245,12 @@ def test_unfinished_responses_and_truncated_prompts_are_counted_and_can_be_penal
         return trainer.run_iteration(1)
 
     plain = first_iteration()
-    assert plain["responses/unfinished"] == 1.0  # two tokens never reach the end of an answer
+    unfinished = plain["responses/unfinished"]
+    assert unfinished >= 0.5  # two tokens rarely reach the end of an answer (the tiny model may say it at once)
     assert plain["prompts/truncated"] == 0.0
-    penalised = first_iteration(unfinished_penalty=1.0)
-    assert penalised["reward/raw/long"] == pytest.approx(plain["reward/raw/long"] - 1.0)
+    penalised = first_iteration(unfinished_penalty=1.0)  # the same draws: the same responses, the cut ones penalised
+    assert penalised["responses/unfinished"] == unfinished
+    assert penalised["reward/raw/long"] == pytest.approx(plain["reward/raw/long"] - unfinished)
     cut = first_iteration(max_prompt_tokens=8)
     assert cut["prompts/truncated"] == 1.0
 
