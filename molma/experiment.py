@@ -91,6 +91,10 @@ class ExperimentConfig:
     # accuracy on the trainer's own held-out share of the *training* pairs (eval_fraction) becomes RMsafe, so
     # the validation dialogues that Table 2 reports are never used for the choice (rm/candidates/selection.json)
     rm_safe_candidates: list[dict[str, Any]] = field(default_factory=list)
+    # RMsafe as a weight average (WARM, Rame et al. 2024): rm_safe trained once per seed here (data order and
+    # head initialisation), the members' weights averaged into one model (rm/rm-safe; the members stay in
+    # rm/members, each scored for the record); [] for one RMsafe with the experiment's seed
+    rm_safe_seeds: list[int] = field(default_factory=list)
     # --- RL: TrainConfig overrides shared by every run
     train: dict[str, Any] = field(default_factory=dict)
     # per-algorithm TrainConfig overrides on top of train, e.g. {gapo: {lr: 1.0e-3}} (sweep runs included)
@@ -222,6 +226,12 @@ class ExperimentConfig:
             if self.sweep_iterations is not None and algo in self.pareto_algos:
                 settings["iterations"] = self.sweep_iterations
             from_dict(TrainConfig, settings, source=f"train (algo {algo})")
+        if self.rm_safe_seeds and self.rm_safe_candidates:
+            raise ValueError("rm_safe_seeds (a weight average of RMsafe) and rm_safe_candidates (a choice among "
+                             "settings) exclude each other: set one")
+        if len(self.rm_safe_seeds) == 1 or len(set(self.rm_safe_seeds)) != len(self.rm_safe_seeds):
+            raise ValueError(f"rm_safe_seeds: a weight average needs two or more different seeds, got "
+                             f"{self.rm_safe_seeds}")
         sections = [("rm_help", "help", self.rm_help), ("rm_safe", "safe", self.rm_safe)]
         sections += [(f"rm_safe_candidates[{i}]", "safe", {**self.rm_safe, **c})
                      for i, c in enumerate(self.rm_safe_candidates)]
@@ -403,21 +413,17 @@ def _eval_prompts(cfg: ExperimentConfig, data_dir: Path) -> list:
 
 
 # ------------------------------------------------------------------------------------------ 2. judges
-def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
+def judge_pairs(cfg: ExperimentConfig) -> tuple[dict[str, list], dict[str, list]]:
+    """The judges' training pairs by objective and Table 2's held-out sets by label: the builtin pairs split
+    ``rm_heldout_fraction`` off per objective; with ``hh_data``, RMsafe's pairs are the HH train dialogues' and
+    the validation dialogues' pairs a held-out set."""
     from molma.data import load_builtin_preferences
     from molma.data.mixing import split_off
-    from molma.rewards import (
-        RewardTrainConfig,
-        evaluate_reward_model,
-        format_table,
-    )
-    from molma.rewards.evaluate import write_results
 
     heldout_sets: dict[str, list] = {}
     train_sets: dict[str, list] = {}
     for objective in POOLS:
-        pairs = load_builtin_preferences(objective)
-        tr, ho = split_off(pairs, cfg.rm_heldout_fraction, cfg.seed)
+        tr, ho = split_off(load_builtin_preferences(objective), cfg.rm_heldout_fraction, cfg.seed)
         train_sets[objective] = tr
         heldout_sets[f"builtin-{objective} (held out)"] = ho
     if cfg.hh_data:
@@ -426,6 +432,23 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
         split = read_hh_split(cfg.hh_data, cfg.hh_validation_fraction, seed=cfg.seed)
         train_sets["safe"] = split.train_pairs[: cfg.hh_max_train_pairs]
         heldout_sets["HH-RLHF harmless (validation dialogues)"] = split.validation_pairs
+    return train_sets, heldout_sets
+
+
+def train_judges(cfg: ExperimentConfig, out: Path) -> None:
+    """The judges stage: RMhelp (builtin pairs) and RMsafe (the HH train dialogues' pairs; one model, a choice
+    among ``rm_safe_candidates`` or a weight average over ``rm_safe_seeds``) trained into ``out``, in
+    ``cfg.workers`` processes; Table 2 (each judge on every held-out set) in ``out/results.json``. Models
+    finished by an earlier, killed call with the same settings are reused."""
+    from molma.rewards import (
+        RewardTrainConfig,
+        evaluate_reward_model,
+        format_table,
+    )
+    from molma.rewards.evaluate import write_results
+
+    train_sets, heldout_sets = judge_pairs(cfg)
+
     def rm_config(objective: str, section: dict, folder: Path, source: str) -> RewardTrainConfig:
         return from_dict(RewardTrainConfig, {"objective": objective, "base": cfg.model, "seed": cfg.seed,
                                              "precision": cfg.precision, "output_dir": str(folder),
@@ -437,12 +460,16 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
         for i, section in enumerate(candidates):
             configs[f"safe-{i}"] = rm_config("safe", section, out / "candidates" / f"rm-safe-{i}",
                                              f"rm_safe_candidates[{i}]")
+    elif cfg.rm_safe_seeds:
+        for seed in cfg.rm_safe_seeds:
+            configs[f"safe-seed{seed}"] = rm_config("safe", {**cfg.rm_safe, "seed": seed},
+                                                    out / "members" / f"rm-safe-seed{seed}", "rm_safe")
     else:
         configs["safe"] = rm_config("safe", cfg.rm_safe, out / "rm-safe", "rm_safe")
     # Table 2 (each judge on every held-out set) is scored by the job that trained the judge, so RMhelp's
     # scoring runs beside RMsafe's training (the demo's judges stage: 107 s of sequential scoring after it)
-    jobs = {name: (c, train_sets[c.objective], heldout_sets if name in POOLS else None)
-            for name, c in configs.items()}
+    jobs = {name: (c, train_sets[c.objective], heldout_sets if name in POOLS or name.startswith("safe-seed")
+                   else None) for name, c in configs.items()}
     scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
     if cfg.workers > 1 and len(jobs) > 1:
         # the RMsafe candidates first (the longest jobs), RMhelp when a worker is free
@@ -457,6 +484,8 @@ def _train_rms(cfg: ExperimentConfig, out: Path) -> None:
     if candidates:
         configs["safe"], chosen_rows = _select_rm_safe(cfg, configs, out, heldout_sets)
         scored.update({("safe", label): row for label, row in chosen_rows.items()})
+    if cfg.rm_safe_seeds:
+        configs["safe"] = _average_rm_safe(cfg, configs, out, scored)
 
     rows = []
     for objective in POOLS:
@@ -490,11 +519,28 @@ def _train_and_score_rm(rm_cfg, pairs: list, heldout_sets: dict[str, list] | Non
     rows of :func:`molma.rewards.evaluate_reward_model` by label."""
     from molma.rewards import evaluate_reward_model, train_reward_model
 
-    train_reward_model(rm_cfg, pairs=pairs)
+    if _finished_reward_model(rm_cfg):  # a judges stage killed after this model: not trained twice
+        print(f"{rm_cfg.output_path}: trained before with these settings, reused", flush=True)
+    else:
+        train_reward_model(rm_cfg, pairs=pairs)
     if not heldout_sets:
         return {}
     judge = _load_judge(rm_cfg)
     return {label: evaluate_reward_model(judge, data) for label, data in heldout_sets.items()}
+
+
+def _finished_reward_model(rm_cfg) -> bool:
+    """Whether ``rm_cfg.output_path`` holds a reward model saved with ``rm_cfg``'s settings (its folder appears
+    only once complete: train_reward_model writes it atomically)."""
+    from molma.rewards import METADATA_FILE
+
+    meta_file = rm_cfg.output_path / METADATA_FILE
+    if not meta_file.is_file():
+        return False
+    saved = dict(json.loads(meta_file.read_text(encoding="utf-8")).get("config") or {})
+    wanted = to_dict(rm_cfg)
+    return {k: v for k, v in saved.items() if k != "output_dir"} == {k: v for k, v in wanted.items()
+                                                                      if k != "output_dir"}
 
 
 def _load_judge(rm_cfg):
@@ -504,6 +550,27 @@ def _load_judge(rm_cfg):
 
     return RewardModel.from_pretrained(rm_cfg.output_path, name=rm_cfg.objective, max_length=rm_cfg.max_length,
                                        precision=rm_cfg.precision)
+
+
+def _average_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, scored: dict) -> Any:
+    """Average the RMsafe members (``safe-seed<s>``) into ``out/rm-safe`` and write ``members/members.json`` with
+    each member's accuracy on every held-out set (scored for the record; the average is not chosen by them).
+    Returns RMsafe's config (the first member's, pointing at the average)."""
+    from molma.atomic import write_text_atomic
+    from molma.rewards.averaging import average_reward_models
+
+    names = [f"safe-seed{seed}" for seed in cfg.rm_safe_seeds]
+    members = {name: {label: {k: row[k] for k in ("accuracy", "correct", "n")}
+                      for (job, label), row in scored.items() if job == name} for name in names}
+    final = average_reward_models([configs[n].output_path for n in names], out / "rm-safe",
+                                  record={"heldout_accuracy": members})
+    write_text_atomic(out / "members" / "members.json", json.dumps({
+        "rule": "RMsafe = the uniform average of the members' weights (WARM); the members' held-out accuracies "
+                "are recorded, not used", "seeds": cfg.rm_safe_seeds, "members": members}, indent=2))
+    print("RMsafe: weight average of seeds " + ", ".join(map(str, cfg.rm_safe_seeds)) + "; members on the held-out "
+          "sets: " + "; ".join(f"{n}: " + ", ".join(f"{v['accuracy']:.3f}" for v in m.values())
+                               for n, m in members.items()), flush=True)
+    return replace(configs[names[0]], output_dir=str(final))
 
 
 def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_sets: dict) -> tuple[Any, dict]:
@@ -1148,8 +1215,9 @@ def run_experiment(config_path: str | None, overrides=(), out: str | None = None
     rm_dir = root / "rm"
     rm_key = _hash("rm", split_key, cfg.model, cfg.seed, cfg.precision, cfg.rm, cfg.rm_help, cfg.rm_safe,
                    cfg.rm_heldout_fraction, cfg.rm_benchmarks, cfg.hh_max_train_pairs,
-                   *([cfg.rm_safe_candidates] if cfg.rm_safe_candidates else []))
-    stages.run("reward models", rm_dir, rm_key, lambda: _train_rms(cfg, rm_dir))
+                   *([cfg.rm_safe_candidates] if cfg.rm_safe_candidates else []),
+                   *([("rm_safe_seeds", cfg.rm_safe_seeds)] if cfg.rm_safe_seeds else []))
+    stages.run("reward models", rm_dir, rm_key, lambda: train_judges(cfg, rm_dir))
 
     # 3. RL runs (the learning rates of lr_search's algorithms chosen first, on the validation prompts)
     searched = _search_learning_rates(cfg, stages, root, rm_dir, rm_key, data_dir, data_key)
@@ -1263,7 +1331,8 @@ def _policy_loss(path: Path, settings: dict) -> str | None:
 # the files of a finished experiment that are worth keeping in the repository: (source under OUT, name in DEST)
 PUBLISHED_FILES = [("config.yaml", "config.yaml"),
                    ("data/data.json", "data.json"), ("rm/results.json", "rm_results.json"),
-                   ("rm/candidates/selection.json", "rm_selection.json"), ("eval/summary.json", "eval_summary.json"),
+                   ("rm/candidates/selection.json", "rm_selection.json"),
+                   ("rm/members/members.json", "rm_members.json"), ("eval/summary.json", "eval_summary.json"),
                    ("lr-search/selection.json", "lr_selection.json"),
                    ("lr-search/eval/summary.json", "lr_search_eval_summary.json")]
 

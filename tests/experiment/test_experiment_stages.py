@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from molma.data.hh import normalise_prompt
@@ -311,3 +312,45 @@ def test_shipped_pipeline_configs_load_with_every_stage_setting_checked(path, ki
     if kind == "experiment":  # the APA methods' learning rates are chosen on validation prompts
         assert set(cfg.lr_search["algos"]) == {"molma", "so-weighted"} and len(cfg.lr_search["lrs"]) >= 2
         assert cfg.lr_search["seeds"] == [0, 1] and cfg.extra_seeds == {"molma": [1], "so-weighted": [1]}
+
+
+def test_rm_safe_as_a_weight_average_of_seeds_scores_every_member_and_resumes(setup, capsys, tmp_path):
+    """rm_safe_seeds: RMsafe is the uniform weight average of one member per seed (WARM); each member is scored
+    on the held-out sets for the record; members finished before (a killed judges stage) are not retrained."""
+    from molma.config import load_config
+    from molma.experiment import ExperimentConfig, train_judges
+    from molma.rewards.averaging import read_weights
+
+    root, path = setup
+    cfg = load_config(ExperimentConfig, str(path), ["rm_safe_candidates=[]", "rm_safe_seeds=[0,1]", "workers=1"])
+    out = tmp_path / "rm"
+    train_judges(cfg, out)
+    members = json.loads((out / "members" / "members.json").read_text())
+    assert members["seeds"] == [0, 1]
+    label = "HH-RLHF harmless (validation dialogues)"
+    assert all(0.0 <= m[label]["accuracy"] <= 1.0 for m in members["members"].values())
+    average = read_weights(out / "rm-safe")
+    first, second = (read_weights(out / "members" / f"rm-safe-seed{s}") for s in (0, 1))
+    key = next(k for k in average if k.startswith("score."))
+    torch.testing.assert_close(average[key], (first[key] + second[key]) / 2)
+    rows = json.loads((out / "results.json").read_text())
+    assert {(r["model"], r["data"]) for r in rows} >= {("RMsafe", label), ("RMhelp", label)}
+    capsys.readouterr()
+    stamp = (out / "members" / "rm-safe-seed1" / "model.safetensors").stat().st_mtime_ns
+    train_judges(cfg, out)  # as after a kill: every model is there already
+    assert capsys.readouterr().out.count("trained before with these settings, reused") == 3
+    assert (out / "members" / "rm-safe-seed1" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rm_safe_seeds=[0,1]"], "exclude each other"),
+    (["rm_safe_candidates=[]", "rm_safe_seeds=[3]"], "two or more different seeds"),
+    (["rm_safe_candidates=[]", "rm_safe_seeds=[1,1]"], "two or more different seeds"),
+])
+def test_rm_safe_seeds_are_checked_before_anything_runs(setup, overrides, message):
+    from molma.config import load_config
+    from molma.experiment import ExperimentConfig
+
+    _, path = setup
+    with pytest.raises(ValueError, match=message):
+        load_config(ExperimentConfig, str(path), overrides)
