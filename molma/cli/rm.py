@@ -2,6 +2,7 @@
 
     molma rm train --objective safe --data builtin --base smollm2-135m-instruct --config configs/rm/demo.yaml
     molma rm eval --model runs/rm-help --model runs/rm-safe --data builtin:help --data builtin:safe
+    molma rm average --model runs/rm-safe-s0 --model runs/rm-safe-s1 --out runs/rm-safe   # WARM
 
 ``rm eval`` marks the pairs a reward-model folder was trained on and averages real and builtin sets
 apart (see :func:`molma.rewards.evaluate.format_table`).
@@ -75,6 +76,15 @@ def register(subparsers: Any) -> None:
                     help="folder for results.csv and results.json (default rm-eval)")
     ev.set_defaults(func=run_eval)
 
+    avg = sub.add_parser(
+        "average", help="average the weights of reward models trained with different seeds (WARM)",
+        description="Weight-average reward models fine-tuned from the same base with different seeds (WARM, "
+                    "Rame et al. 2024): one model that scores like an ensemble of them, saved like any of them.")
+    avg.add_argument("--model", "-m", action="append", required=True,
+                     help="reward-model folder (same base, architecture and scoring); two or more")
+    avg.add_argument("--out", "-o", required=True, help="folder of the averaged reward model")
+    avg.set_defaults(func=run_average)
+
 
 def _fail(command: str, err: BaseException) -> int:
     log.debug("failure", exc_info=err)
@@ -129,4 +139,15 @@ def run_eval(args: argparse.Namespace) -> int:
               f"{j['mean']:+.3f} +- {j['std']:.3f} | {m['mean']:+.3f} +- {m['std']:.3f}, ties {r['ties']}")
     csv_path, json_path = write_results(rows, args.out)
     print(f"\nwrote {csv_path} and {json_path}")
+    return 0
+
+
+def run_average(args: argparse.Namespace) -> int:
+    from molma.rewards.averaging import average_reward_models
+
+    try:
+        path = average_reward_models(args.model, args.out)
+    except (ValueError, OSError) as err:
+        return _fail("average", err)
+    print(f"weight average of {len(args.model)} reward models saved to {path}")
     return 0

@@ -209,20 +209,26 @@ def _p_text(p: float) -> str:
 
 
 def verdict_sentence(result_or_rates, versus: str | None = None, objectives: Sequence[str] | None = None,
-                     alpha: float = 0.05) -> str:
+                     alpha: float = 0.05, correction: str = "holm") -> str:
     """One plain sentence on what the model-based evaluation showed for ``versus``.
 
     ``result_or_rates`` is an :class:`~molma.eval.runner.EvalResult` or its ``win_rates`` mapping
-    (``{opponent: {objective: win-rate dict}}``). Per opponent and objective, a difference counts only
-    when the two-sided sign test on the non-tied prompts gives ``p < alpha``: then ``versus`` beat the
-    opponent (more wins than losses) or lost to it. Everything else is "no significant difference" -
-    never a win. Example: "molma beat ref on help (58 % of non-tied prompts, p = 0.003) and safe (61 %,
-    p = 0.010); lost to so-safe on safe (won 30 % of non-tied prompts, p = 0.002); and showed no
-    significant difference from so-help or gapo at this scale [64 prompts; two-sided sign test on the
-    non-tied prompts, alpha = 0.05]."
+    (``{opponent: {objective: win-rate dict}}``). Each opponent and objective is a two-sided sign test on the
+    non-tied prompts; with ``correction="holm"`` (default) the p-values of all of them are adjusted as one family
+    (:func:`molma.eval.stats.holm_adjusted`: a table of 8 comparisons gives about 0.34 chances in 1 of a raw
+    p < 0.05 when no model differs). A difference counts only when its (adjusted) p < ``alpha``: then
+    ``versus`` beat the opponent (more wins than losses) or lost to it; everything else is "no significant
+    difference" - never a win. Comparisons with a raw p < ``alpha`` that the correction does not keep are named
+    as such. ``correction="none"``: raw p-values. Example: "molma beat ref on safe (100 % of non-tied prompts,
+    p = 0.002, Holm p = 0.012); and showed no significant difference from so-safe or gapo at this scale
+    (p < 0.05 before Holm's correction only: ref on help, 90 %, p = 0.021; so-safe on safe, won 10 %,
+    p = 0.021) [12 prompts; two-sided sign test on the non-tied prompts, Holm's correction over 5 comparisons,
+    alpha = 0.05]."
     """
     if not 0 < alpha < 1:
         raise ValueError(f"verdict_sentence: alpha must be in (0, 1), got {alpha}")
+    if correction not in ("holm", "none"):
+        raise ValueError(f"verdict_sentence: correction must be 'holm' or 'none', got {correction!r}")
     rates = getattr(result_or_rates, "win_rates", result_or_rates)
     if versus is None:
         versus = getattr(result_or_rates, "versus", None) or "the model"
@@ -231,24 +237,37 @@ def verdict_sentence(result_or_rates, versus: str | None = None, objectives: Seq
     objectives = list(objectives or dict.fromkeys(o for r in rates.values() for o in r))
     if not rates:
         return f"{versus}: no other model evaluated, so nothing to compare."
-    beaten, lost_to, no_difference, sizes = [], [], [], set()
+    tests, sizes = [], set()  # (opponent, objective, p, n_win, n_loss, share) of every comparison with a p-value
     for other, per in rates.items():
-        won, lost = [], []
         for o in objectives:
             if per.get(o) is None:
                 continue
             r = comparison_stats(per[o])
             sizes.add(int(r.get("n", 0)))
             p, n_win, n_loss = r.get("sign_p"), r.get("n_win"), r.get("n_loss")
-            if p is None or n_win is None or n_loss is None or not p < alpha or n_win == n_loss:
-                continue  # not significant: never reported as a win or a loss
-            (won if n_win > n_loss else lost).append((o, f"{100 * r['win_excl_ties']:.0f} %", _p_text(p)))
-        if won:
-            beaten.append((other, won))
-        if lost:
-            lost_to.append((other, lost))
-        if not won and not lost:
-            no_difference.append(other)
+            if p is not None and n_win is not None and n_loss is not None:
+                tests.append((other, o, p, n_win, n_loss, r.get("win_excl_ties")))
+    if correction == "holm" and tests:
+        from molma.eval.stats import holm_adjusted
+
+        adjusted = [float(a) for a in holm_adjusted([t[2] for t in tests])]
+    else:
+        adjusted = [t[2] for t in tests]
+    corrected = correction == "holm" and len(tests) > 1
+    outcome: dict[str, tuple[list, list]] = {other: ([], []) for other in rates}
+    nominal = []
+    for (other, o, p, n_win, n_loss, share), p_adj in zip(tests, adjusted):
+        if n_win == n_loss:
+            continue
+        share_text = f"{100 * share:.0f} %" if share is not None else "?"
+        if p_adj < alpha:
+            p_text = _p_text(p) + (f", Holm {_p_text(p_adj)}" if corrected else "")
+            outcome[other][0 if n_win > n_loss else 1].append((o, share_text, p_text))
+        elif p < alpha:  # significant on its own, not once the family is accounted for
+            nominal.append(f"{other} on {o}, {'' if n_win > n_loss else 'won '}{share_text}, {_p_text(p)}")
+    beaten = [(other, won) for other, (won, _) in outcome.items() if won]
+    lost_to = [(other, lost) for other, (_, lost) in outcome.items() if lost]
+    no_difference = [other for other, (won, lost) in outcome.items() if not won and not lost]
 
     def listing(groups, prefix: str) -> str:
         items, first = [], True
@@ -269,11 +288,14 @@ def verdict_sentence(result_or_rates, versus: str | None = None, objectives: Seq
         clauses.append("lost to " + listing(lost_to, "won "))
     if no_difference:
         clauses.append(f"showed no significant difference from {_join(no_difference, 'or')} at this scale")
+    if nominal:
+        clauses[-1] += f" (p < {alpha:g} before Holm's correction only: " + "; ".join(nominal) + ")"
     if len(clauses) > 1:
         clauses[-1] = "and " + clauses[-1]
     n = "/".join(str(k) for k in sorted(sizes)) if sizes else "0"
+    family = f", Holm's correction over {len(tests)} comparisons" if corrected else ""
     return (f"{versus} " + "; ".join(clauses)
-            + f" [{n} prompts; two-sided sign test on the non-tied prompts, alpha = {alpha:g}].")
+            + f" [{n} prompts; two-sided sign test on the non-tied prompts{family}, alpha = {alpha:g}].")
 
 
 KL_NOTE = ("KL to ref: estimate of KL(model || reference) in nats per response; the evaluation's own estimate "

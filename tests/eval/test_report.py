@@ -140,7 +140,7 @@ def test_report_shows_paired_tests_kl_estimator_and_intervals(full_report):
     assert "<th>vs</th><th>safe win %</th>" in page  # the second objective's block
     # the verdict, escaped like every other text
     sentence = verdict_sentence(result)
-    assert sentence.startswith("molma beat ref on help (82 % of non-tied prompts, p < 0.001)")
+    assert sentence.startswith("molma beat ref on help (82 % of non-tied prompts, p < 0.001")
     assert "In short: " + html.escape(sentence) in page
     assert "In short: " + sentence in md
     # identical-text ties: every response differs in the fake run

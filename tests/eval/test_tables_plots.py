@@ -149,11 +149,20 @@ def test_verdict_sentence():
     rates = {"ref": {"help": _rates(9, 2, 1), "safe": _rates(10, 2, 0)},  # p = 0.0215 and 0.00195
              "so-safe": {"help": _rates(5, 2, 5), "safe": _rates(1, 2, 9)},  # lost on safe, p = 0.0215
              "gapo": {"help": _rates(6, 4, 2), "safe": _rates(0, 12, 0)}}  # p = 0.289; all ties
-    assert verdict_sentence(rates, "molma", ["help", "safe"]) == (
+    assert verdict_sentence(rates, "molma", ["help", "safe"], correction="none") == (
         "molma beat ref on help (90 % of non-tied prompts, p = 0.021) and safe (100 %, p = 0.002); lost to "
         "so-safe on safe (won 10 % of non-tied prompts, p = 0.021); and showed no significant difference "
         "from gapo at this scale [12 prompts; two-sided sign test on the non-tied prompts, "
         "alpha = 0.05].")
+    # by default the 6 comparisons are one family (Holm): 0.00195 x 6 = 0.012 stays, 0.0215 x 5 = 0.107 does not,
+    # and the comparisons significant only on their own are named as such
+    assert verdict_sentence(rates, "molma", ["help", "safe"]) == (
+        "molma beat ref on safe (100 % of non-tied prompts, p = 0.002, Holm p = 0.012); and showed no significant "
+        "difference from so-safe or gapo at this scale (p < 0.05 before Holm's correction only: ref on help, "
+        "90 %, p = 0.021; so-safe on safe, won 10 %, p = 0.021) [12 prompts; two-sided sign test on the non-tied "
+        "prompts, Holm's correction over 6 comparisons, alpha = 0.05].")
+    with pytest.raises(ValueError, match="correction"):
+        verdict_sentence(rates, "molma", correction="bonferroni")
     # never a win when p >= alpha, even when p equals alpha exactly
     for alpha in (0.01, 0.021484375):
         text = verdict_sentence({"ref": {"help": _rates(9, 0, 1)}}, "molma", alpha=alpha)
@@ -161,7 +170,7 @@ def test_verdict_sentence():
     assert "beat ref" in verdict_sentence({"ref": {"help": _rates(9, 0, 1)}}, "molma", alpha=0.0215)
     assert verdict_sentence({"a": {"h": _rates(3, 0, 3)}, "b": {"h": _rates(0, 6, 0)}}, "m") == (
         "m showed no significant difference from a or b at this scale [6 prompts; two-sided sign test "
-        "on the non-tied prompts, alpha = 0.05].")
+        "on the non-tied prompts, Holm's correction over 2 comparisons, alpha = 0.05].")
     assert verdict_sentence({}, "molma") == "molma: no other model evaluated, so nothing to compare."
     with pytest.raises(ValueError):
         verdict_sentence(rates, "molma", alpha=0)

@@ -113,3 +113,14 @@ def test_members_scored_another_way_are_refused(two_members, tmp_path):
     with pytest.raises(ValueError, match="max_length"):
         average_reward_models([folders[0], other], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_average_writes_the_model_or_says_why_not(two_members, tmp_path, capsys):
+    from molma.cli.main import main
+
+    folders, _ = two_members
+    args = ["rm", "average", "--model", str(folders[0]), "--model", str(folders[1]), "--out", str(tmp_path / "avg")]
+    assert main(args) == 0
+    assert "saved to" in capsys.readouterr().out and (tmp_path / "avg" / "model.safetensors").exists()
+    assert main(["rm", "average", "--model", str(folders[0]), "--out", str(tmp_path / "one")]) == 2
+    assert "at least two" in capsys.readouterr().err
