@@ -283,6 +283,8 @@ def autocast(model: nn.Module, precision: str, inference: bool = False, sampling
     dtype = DTYPES[precision]
     lora = _lora_linears(model)
     head = _lm_head(model) if sampling else None
+    if head is not None and not _is_plain_tensor(head.weight):  # an FSDP2 shard: FSDP's own mixed precision
+        head = None
     with (torch.autocast(device_type=device.type, dtype=dtype),
           _sampling_head(head, dtype) if head is not None else contextlib.nullcontext(),
           _float32_outputs(outputs, inference),
