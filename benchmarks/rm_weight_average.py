@@ -53,18 +53,19 @@ def main() -> None:
 
     members = json.loads((Path(args.out) / "members" / "members.json").read_text())["members"]
     subsets = {}
-    for spec in args.also:  # e.g. the average of two members, which costs no more wall time than one
-        from molma.experiment import _load_judge
-        from molma.rewards import RewardTrainConfig, evaluate_reward_model
+    if args.also:
+        from molma.rewards import METADATA_FILE, RewardModel, evaluate_reward_model
         from molma.rewards.averaging import average_reward_models
 
+        heldout_sets = judge_pairs(cfg)[1]
+    for spec in args.also:  # e.g. the average of two members, which costs no more wall time than one
         seeds = [int(s) for s in spec.split(",")]
         folder = average_reward_models([Path(args.out) / "members" / f"rm-safe-seed{s}" for s in seeds],
                                        Path(args.out) / "subsets" / f"rm-safe-seeds{'-'.join(map(str, seeds))}")
-        judge = _load_judge(RewardTrainConfig(objective="safe", output_dir=str(folder), precision=cfg.precision,
-                                              max_length=cfg.rm_safe.get("max_length", 512)))
-        sets = judge_pairs(cfg)[1]
-        subsets[spec] = {label: with_interval(r["correct"], r["n"]) for label, data in sets.items()
+        saved = json.loads((folder / METADATA_FILE).read_text())["config"]  # scored as trained, as in the stage
+        judge = RewardModel.from_pretrained(folder, name="safe", max_length=saved["max_length"],
+                                            precision=saved["precision"])
+        subsets[spec] = {label: with_interval(r["correct"], r["n"]) for label, data in heldout_sets.items()
                          for r in [evaluate_reward_model(judge, data)]}
     rows = json.loads((Path(args.out) / "results.json").read_text())
     record = {

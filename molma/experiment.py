@@ -466,10 +466,10 @@ def train_judges(cfg: ExperimentConfig, out: Path) -> None:
                                                     out / "members" / f"rm-safe-seed{seed}", "rm_safe")
     else:
         configs["safe"] = rm_config("safe", cfg.rm_safe, out / "rm-safe", "rm_safe")
-    # Table 2 (each judge on every held-out set) is scored by the job that trained the judge, so RMhelp's
-    # scoring runs beside RMsafe's training (the demo's judges stage: 107 s of sequential scoring after it)
-    jobs = {name: (c, train_sets[c.objective], heldout_sets if name in POOLS or name.startswith("safe-seed")
-                   else None) for name, c in configs.items()}
+    # every model (judge, RMsafe candidate or member) is scored on Table 2's held-out sets by the job that trained
+    # it, so RMhelp's scoring runs beside RMsafe's training (the demo's judges stage: 107 s of sequential scoring
+    # after it)
+    jobs = {name: (c, train_sets[c.objective], heldout_sets) for name, c in configs.items()}
     scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
     if cfg.workers > 1 and len(jobs) > 1:
         # the RMsafe candidates first (the longest jobs), RMhelp when a worker is free
@@ -482,8 +482,8 @@ def train_judges(cfg: ExperimentConfig, out: Path) -> None:
         for name, job in jobs.items():
             scored.update({(name, label): row for label, row in _train_and_score_rm(*job).items()})
     if candidates:
-        configs["safe"], chosen_rows = _select_rm_safe(cfg, configs, out, heldout_sets)
-        scored.update({("safe", label): row for label, row in chosen_rows.items()})
+        configs["safe"], chosen = _select_rm_safe(cfg, configs, out, scored)
+        scored.update({("safe", label): row for (job, label), row in list(scored.items()) if job == chosen})
     if cfg.rm_safe_seeds:
         configs["safe"] = _average_rm_safe(cfg, configs, out, scored)
 
@@ -573,15 +573,13 @@ def _average_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, scored: di
     return replace(configs[names[0]], output_dir=str(final))
 
 
-def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_sets: dict) -> tuple[Any, dict]:
+def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, scored: dict) -> tuple[Any, str]:
     """Choose RMsafe among the trained candidates by the accuracy on each trainer's own held-out share of the
     training pairs (``molma_rm.json``; ties: the earlier candidate), move it to ``rm-safe`` and write
-    ``selection.json`` with every candidate's settings and accuracies. The validation dialogues' accuracy is
-    recorded for every candidate after the choice, for the record; it plays no part in it. Returns the chosen
-    config and its rows on ``heldout_sets`` (Table 2 reuses them instead of scoring the same model twice)."""
+    ``selection.json`` with every candidate's settings and accuracies. The validation dialogues' accuracy of every
+    candidate (``scored``: (job, held-out set) -> row, by the job that trained it) is recorded for the record;
+    it plays no part in the choice. Returns the chosen config and its job name."""
     import shutil
-
-    from molma.rewards import RewardModel, evaluate_reward_model
 
     names = [n for n in configs if n.startswith("safe-")]
     summary = []
@@ -592,17 +590,10 @@ def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_set
                  "selection_pairs": meta["counts"]["eval_pairs"], "train_seconds": meta.get("train_seconds")}
         summary.append(entry)
     best = max(range(len(names)), key=lambda i: (summary[i]["selection_accuracy"], -i))
-    for entry in summary:
+    for entry, name in zip(summary, names):
         entry["selected"] = entry["candidate"] == best
+        entry["heldout_accuracy"] = {label: row["accuracy"] for (job, label), row in scored.items() if job == name}
     chosen = configs[names[best]]
-    chosen_rows: dict[str, dict] = {}
-    for entry, name in zip(summary, names):  # for the record only, after the choice
-        judge = RewardModel.from_pretrained(configs[name].output_path, name="safe", max_length=configs[name].max_length,
-                                            precision=cfg.precision)
-        rows = {label: evaluate_reward_model(judge, data) for label, data in heldout_sets.items()}
-        entry["heldout_accuracy"] = {label: row["accuracy"] for label, row in rows.items()}
-        if name == names[best]:
-            chosen_rows = rows
     final = out / "rm-safe"
     if final.exists():
         shutil.rmtree(final)
@@ -612,11 +603,12 @@ def _select_rm_safe(cfg: ExperimentConfig, configs: dict, out: Path, heldout_set
     (out / "candidates").mkdir(exist_ok=True)
     write_text_atomic(out / "candidates" / "selection.json", json.dumps({
         "rule": "RMsafe = the candidate with the highest accuracy on the held-out share (eval_fraction) of its "
-                "own training pairs; ties: the earlier candidate. heldout_accuracy was computed after the choice.",
+                "own training pairs; ties: the earlier candidate. heldout_accuracy (scored by the job that trained "
+                "each candidate) plays no part in the choice.",
         "selected": best, "candidates": summary}, indent=2))
     print(f"RMsafe: candidate {best} chosen ({summary[best]['settings']}); selection accuracies "
           + ", ".join(f"{e['selection_accuracy']:.3f} on {e['selection_pairs']}" for e in summary), flush=True)
-    return replace(chosen, output_dir=str(final)), chosen_rows
+    return replace(chosen, output_dir=str(final)), names[best]
 
 
 # ------------------------------------------------------------------------------------------ 3. RL runs
