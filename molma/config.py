@@ -276,7 +276,10 @@ def _seed_defaults(cls: Any, data: dict[str, Any], over: Mapping[str, Any]) -> d
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as a mapping. A top-level ``extends: OTHER.yaml`` (a path relative to this file)
+    starts from that file's settings: mappings merge key by key, anything else (lists included) is replaced
+    by this file's value."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
@@ -288,7 +291,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    if "extends" not in data:
+        return data
+    parent = data.pop("extends")
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: extends: expected the path of another YAML config, got {parent!r}")
+    parent_path = path.parent / parent
+    if not parent_path.exists():
+        raise ConfigError(f"{path}: extends: no such file {parent_path}")
+    chain = (*_seen, path.resolve())
+    if parent_path.resolve() in chain:
+        raise ConfigError(f"{path}: extends: {parent_path} extends this file again (a cycle: "
+                          f"{' -> '.join(str(p) for p in (*chain, parent_path.resolve()))})")
+    return _merge(read_yaml(parent_path, chain), data)
 
 
 def load_config(

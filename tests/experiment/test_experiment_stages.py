@@ -298,7 +298,9 @@ def test_lr_search_chooses_on_validation_prompts_and_its_run_becomes_the_main_ru
     assert "running" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("path, kind", [("configs/cpu/experiment.yaml", "experiment"), ("configs/demo.yaml", "demo")])
+@pytest.mark.parametrize("path, kind", [("configs/cpu/experiment.yaml", "experiment"),
+                                        ("configs/cpu/experiment-extended.yaml", "extended"),
+                                        ("configs/demo.yaml", "demo")])
 def test_shipped_pipeline_configs_load_with_every_stage_setting_checked(path, kind):
     """The configs the README runs load (every train / rm / lr_search key is checked when they do)."""
     from molma.config import load_config
@@ -307,11 +309,18 @@ def test_shipped_pipeline_configs_load_with_every_stage_setting_checked(path, ki
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(DemoConfig if kind == "demo" else ExperimentConfig, str(root / path))
-    runs, _, _ = plan_runs(cfg)
-    assert "molma" in runs
-    if kind == "experiment":  # the APA methods' learning rates are chosen on validation prompts
+    runs, sweep, pareto = plan_runs(cfg)
+    assert "molma" in runs and cfg.extra_seeds.get("molma") == ([1] if kind != "demo" else None)
+    if kind == "experiment":  # the paper's methods, two seeds, both sweeps: 13 runs (sized to 2 h)
+        assert set(cfg.algos) == {"molma", "so-help", "so-safe", "so-weighted", "so-piecewise", "gapo"}
+        assert len(runs) == 13 and not cfg.lr_search and not cfg.soup_weights
+        assert cfg.train["lr"] == 3e-3 and cfg.algo_train == {"gapo": {"lr": 1e-3}, "pgapo": {"lr": 1e-3}}
+    if kind == "extended":  # the core experiment plus the modern baselines, soups and the lr search
+        core = load_config(ExperimentConfig, str(root / "configs/cpu/experiment.yaml"))
+        assert set(cfg.algos) > set(core.algos) and cfg.rm_safe == core.rm_safe and cfg.out != core.out
         assert set(cfg.lr_search["algos"]) == {"molma", "so-weighted"} and len(cfg.lr_search["lrs"]) >= 2
-        assert cfg.lr_search["seeds"] == [0, 1] and cfg.extra_seeds == {"molma": [1], "so-weighted": [1]}
+        assert cfg.lr_search["seeds"] == [0, 1] and cfg.soup_weights
+        assert cfg.algo_train["gapo"] == {"lr": 1e-3} and cfg.algo_train["safe-rlhf"] == {"lr": 1e-3}
 
 
 def test_rm_safe_as_a_weight_average_of_seeds_scores_every_member_and_resumes(setup, capsys, tmp_path):

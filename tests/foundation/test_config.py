@@ -71,6 +71,37 @@ def test_missing_file_and_section(tmp_path):
         load_config(Stage, path, section="b")
 
 
+def test_extends_starts_from_another_file_merging_mappings_and_replacing_lists(tmp_path):
+    """``extends: base.yaml`` (relative to the file): mappings merge key by key, lists and scalars are replaced,
+    and the command line still wins."""
+    (tmp_path / "base").mkdir()
+    base = "steps: 5\nweights: [1, 2, 3]\noptim: {lr: 0.001, betas: [0.8, 0.9]}\n"
+    (tmp_path / "base" / "base.yaml").write_text(base)
+    path = tmp_path / "child.yaml"
+    path.write_text("extends: base/base.yaml\nweights: [4]\noptim: {lr: 0.002}\n")
+    cfg = load_config(Stage, path, ["steps=7"])
+    assert cfg.steps == 7 and cfg.weights == [4.0]
+    assert cfg.optim.lr == pytest.approx(2e-3) and cfg.optim.betas == (0.8, 0.9)
+    assert load_config(Stage, path).steps == 5
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    path = tmp_path / "child.yaml"
+    path.write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: extends: no such file .*missing\.yaml"):
+        load_config(Stage, path)
+    path.write_text("extends: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: extends: expected the path"):
+        load_config(Stage, path)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_config(Stage, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: c.yaml\n")
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_config(Stage, tmp_path / "c.yaml")
+
+
 def test_parse_overrides_nested_and_yaml_values():
     assert parse_overrides(["a.b=1e-3", "c=true", "d=[x, y]", "e="]) == {
         "a": {"b": 1e-3}, "c": True, "d": ["x", "y"], "e": ""}

@@ -1,0 +1,145 @@
+"""Does the trainer raise the reward it optimises? One run per number of epochs per iteration, same seed.
+
+Every iteration the trainer samples ``--experience`` rollouts and takes ``epochs`` whole-batch steps on them
+(``minibatch_size = experience_size``, as molma's CPU configs do). The question this answers is whether those
+settings *optimise* at all at CPU scale: a run whose training reward shows no trend while its KL to the
+reference grows is drifting, not learning. Reported per variant (``--epochs 1 4`` -> two runs):
+
+1. the optimised reward per iteration (the mean raw score of the iteration's rollouts) and its least-squares
+   slope per iteration with a 95 % interval (``scipy.stats.linregress``, t quantile), the first and last
+   quarters' means, the KL to the reference per iteration;
+2. the held-out reward of the trained policy and of the initial one (one seeded sample per held-out prompt;
+   prompts the run never trains on), and seconds per iteration.
+
+Default objective: ``rule:banned_words`` (minus the number of common words such as "the", "a", "is": a
+reward any working policy-gradient loop lowers the count of) optimised by SO-help, with ``rule:length``
+logged beside it (not optimised). ``--objectives help=RM_FOLDER,safe=RM_FOLDER --algo so-safe`` asks the
+same of a reward model. ``--tiny`` checks the script in seconds on a tiny random Llama.
+
+    .venv/bin/python benchmarks/optimisation.py [--epochs 1 4] [--iterations 24] [--workers 2]
+    .venv/bin/python benchmarks/optimisation.py --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpo import heldout_rewards, parse_objectives  # noqa: E402  (the held-out scoring lives there)
+
+from molma.atomic import write_text_atomic  # noqa: E402
+from molma.environment import environment_info  # noqa: E402
+from molma.models import LoraSettings  # noqa: E402
+from molma.rl import MultiObjectiveTrainer, TrainConfig  # noqa: E402
+
+DEFAULT_OBJECTIVES = "help=rule:banned_words,safe=rule:length"
+
+
+def trend(values: list[float]) -> dict[str, float]:
+    """Least-squares slope per iteration with a 95 % t interval, and the first / last quarters' means."""
+    x = list(range(1, len(values) + 1))
+    fit = stats.linregress(x, values)
+    half = stats.t.ppf(0.975, len(values) - 2) * fit.stderr
+    q = max(len(values) // 4, 1)
+    def number(x: float) -> float | None:  # a constant series has no interval (None, not NaN, in the JSON)
+        return round(float(x), 5) if math.isfinite(x) else None
+
+    return {"slope_per_iteration": number(fit.slope), "slope_ci_low": number(fit.slope - half),
+            "slope_ci_high": number(fit.slope + half), "slope_p": number(fit.pvalue),
+            "first_quarter_mean": round(statistics.mean(values[:q]), 4),
+            "last_quarter_mean": round(statistics.mean(values[-q:]), 4)}
+
+
+def optimised_objective(cfg: TrainConfig) -> str:
+    """The objective whose reward the single-objective algorithm optimises."""
+    return cfg.safe_objective if cfg.algo == "so-safe" else cfg.help_objective
+
+
+def run_variant(epochs: int, args: argparse.Namespace, folder: str) -> dict:
+    torch.set_num_threads(args.threads)
+    prompts = parse_objectives(args.prompts) if args.prompts else None
+    cfg = TrainConfig(algo=args.algo, objectives=parse_objectives(args.objectives), iterations=args.iterations,
+                      experience_size=args.experience, minibatch_size=args.experience, epochs_per_iteration=epochs,
+                      max_new_tokens=args.max_new_tokens, max_prompt_tokens=96, lr=args.lr, weight_decay=0.0,
+                      whiten_advantages=True, critic_backbone="frozen", lora=LoraSettings(r=8, alpha=16),
+                      save_every=0, report_to="none", progress=False, seed=args.seed,
+                      heldout_fraction=args.heldout_fraction, out=f"{folder}/epochs{epochs}",
+                      **({"prompts": prompts} if prompts else {}), **({"model": args.model} if args.model else {}))
+    kwargs = {}
+    if args.tiny:
+        from molma.models import tiny_llama
+
+        kwargs["policy"], kwargs["tokenizer"] = tiny_llama()
+    trainer = MultiObjectiveTrainer(cfg, **kwargs)
+    before = heldout_rewards(trainer, args.heldout_prompts, args.max_new_tokens, adapters=False)
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    after = heldout_rewards(trainer, args.heldout_prompts, args.max_new_tokens)
+    rows = [json.loads(x) for x in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
+    target = optimised_objective(cfg)
+    rewards = {name: [round(r[f"reward/raw/{name}"], 4) for r in rows] for name in cfg.objectives}
+    result = {
+        "epochs_per_iteration": epochs, "gradient_steps": epochs * args.iterations, "optimised": target,
+        "train_reward_trend": trend(rewards[target]),
+        "train_rewards": rewards, "kl": [round(r["kl"], 4) for r in rows],
+        "heldout_rewards_initial": before, "heldout_rewards_trained": after,
+        "heldout_reward_gain": {k: round(after[k] - before[k], 4) for k in after},
+        "seconds_per_iteration": round(statistics.median(r["time/total"] for r in rows[1:] or rows), 2),
+        "wall_s": round(wall, 1),
+    }
+    print(f"epochs {epochs}: {json.dumps(result['train_reward_trend'])} kl {result['kl'][-1]} held-out gain "
+          f"{result['heldout_reward_gain']}", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 4], help="whole-batch steps per iteration")
+    parser.add_argument("--algo", default="so-help", choices=["so-help", "so-safe"])
+    parser.add_argument("--objectives", default=DEFAULT_OBJECTIVES, help="help=SPEC,safe=SPEC (rules or RM folders)")
+    parser.add_argument("--prompts", help="help=FILE,safe=FILE prompt pools (default: the builtin ones)")
+    parser.add_argument("--iterations", type=int, default=24)
+    parser.add_argument("--experience", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--heldout-fraction", type=float, default=0.2)
+    parser.add_argument("--heldout-prompts", type=int, default=64)
+    parser.add_argument("--model", help="policy (default: the builtin SmolLM2-135M-Instruct)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--workers", type=int, default=1, help="runs trained at a time (processes)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random Llama, 3 iterations: checks the script")
+    parser.add_argument("--out", help="JSON file (default benchmarks/results/optimisation.json)")
+    args = parser.parse_args()
+    if args.tiny:
+        args.iterations, args.experience, args.max_new_tokens, args.heldout_prompts = 3, 8, 6, 8
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = Path(args.out or (f"{tmp}/optimisation.json" if args.tiny
+                                     else "benchmarks/results/optimisation.json"))
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_variant, e, args, tmp) for e in args.epochs]
+            results = [f.result() for f in futures]
+        out = {"settings": vars(args), "environment": environment_info(),
+               "note": "train rewards: mean raw score of each iteration's rollouts; slope: least squares over "
+                       "iterations, 95 % t interval; held-out: one seeded sample per held-out prompt",
+               "results": {f"epochs{r['epochs_per_iteration']}": r for r in results}}
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_path, json.dumps(out, indent=2))
+        print(f"written: {out_path}")
+
+
+if __name__ == "__main__":
+    main()
