@@ -47,17 +47,27 @@ def parse_objectives(spec: str | None) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in pairs}
 
 
-@torch.no_grad()
 def heldout_rewards(trainer: MultiObjectiveTrainer, max_prompts: int, max_new_tokens: int, seed: int = 0,
                     adapters: bool = True) -> dict[str, float]:
     """Mean score per objective of one seeded sample per held-out prompt (``adapters=False``: the initial
     policy, i.e. the LoRA base with adapters off)."""
+    scores = heldout_scores(trainer, max_prompts, max_new_tokens, seed, adapters)
+    return {name: round(statistics.mean(v), 4) for name, v in scores.items()}
+
+
+@torch.no_grad()
+def heldout_scores(trainer: MultiObjectiveTrainer, max_prompts: int, max_new_tokens: int, seed: int = 0,
+                   adapters: bool = True, pools: list[str] | None = None) -> dict[str, list[float]]:
+    """Each objective's score of one seeded sample per held-out prompt, in prompt order (the held-out pools,
+    or those named in ``pools``, one after the other; the first ``max_prompts``); ``adapters=False``: the
+    initial policy."""
     from contextlib import nullcontext
 
     from molma.data.chat import render_prompt
     from molma.models.precision import autocast
 
-    prompts = [p for pool in trainer.heldout_pools.values() for p in pool][:max_prompts]
+    prompts = [p for tag, pool in trainer.heldout_pools.items() if pools is None or tag in pools
+               for p in pool][:max_prompts]
     if not prompts:
         raise SystemExit("no held-out prompts (heldout_fraction 0?)")
     texts = [render_prompt(trainer.tokenizer, p.text) for p in prompts]
@@ -74,7 +84,7 @@ def heldout_rewards(trainer: MultiObjectiveTrainer, max_prompts: int, max_new_to
             plain = [p.text for p in prompts[start:start + len(chunk)]]
             for obj in trainer.objectives:
                 scores[obj.name].extend(obj.score(plain, responses).float().tolist())
-    return {name: round(statistics.mean(v), 4) for name, v in scores.items()}
+    return scores
 
 
 def run_variant(name: str, algo: str, args, tmp: str, policy_factory) -> dict:

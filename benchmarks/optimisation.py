@@ -8,8 +8,9 @@ reference grows is drifting, not learning. Reported per variant (``--epochs 1 4`
 1. the optimised reward per iteration (the mean raw score of the iteration's rollouts) and its least-squares
    slope per iteration with a 95 % interval (``scipy.stats.linregress``, t quantile), the first and last
    quarters' means, the KL to the reference per iteration;
-2. the held-out reward of the trained policy and of the initial one (one seeded sample per held-out prompt;
-   prompts the run never trains on), and seconds per iteration.
+2. the held-out reward of the trained policy against the initial one (one seeded sample per held-out prompt,
+   prompts the run never trains on): means, the paired mean difference with its bootstrap 95 % interval,
+   wins / ties / losses and the sign test; and seconds per iteration.
 
 Default objective: ``rule:banned_words`` (minus the number of common words such as "the", "a", "is": a
 reward any working policy-gradient loop lowers the count of) optimised by SO-help, with ``rule:length``
@@ -37,10 +38,11 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo import heldout_rewards, parse_objectives  # noqa: E402  (the held-out scoring lives there)
+from grpo import heldout_scores, parse_objectives  # noqa: E402  (the held-out scoring lives there)
 
 from molma.atomic import write_text_atomic  # noqa: E402
 from molma.environment import environment_info  # noqa: E402
+from molma.eval.stats import paired_comparison  # noqa: E402
 from molma.models import LoraSettings  # noqa: E402
 from molma.rl import MultiObjectiveTrainer, TrainConfig  # noqa: E402
 
@@ -60,6 +62,13 @@ def trend(values: list[float]) -> dict[str, float]:
             "slope_ci_high": number(fit.slope + half), "slope_p": number(fit.pvalue),
             "first_quarter_mean": round(statistics.mean(values[:q]), 4),
             "last_quarter_mean": round(statistics.mean(values[-q:]), 4)}
+
+
+def heldout_comparison(trained: list[float], initial: list[float]) -> dict[str, float | int | None]:
+    """The trained policy's held-out scores against the initial policy's, prompt by prompt."""
+    full = paired_comparison(trained, initial)
+    keys = ("n", "n_win", "n_tie", "n_loss", "sign_p", "mean_diff", "diff_ci_low", "diff_ci_high")
+    return {k: round(full[k], 4) if isinstance(full[k], float) else full[k] for k in keys}
 
 
 def optimised_objective(cfg: TrainConfig) -> str:
@@ -83,25 +92,32 @@ def run_variant(epochs: int, args: argparse.Namespace, folder: str) -> dict:
 
         kwargs["policy"], kwargs["tokenizer"] = tiny_llama()
     trainer = MultiObjectiveTrainer(cfg, **kwargs)
-    before = heldout_rewards(trainer, args.heldout_prompts, args.max_new_tokens, adapters=False)
+    target = optimised_objective(cfg)
+    # the held-out prompts of the optimised objective's own pool when there is one (so-safe: safety prompts)
+    pools = [target] if trainer.heldout_pools.get(target) else None
+    before = heldout_scores(trainer, args.heldout_prompts, args.max_new_tokens, adapters=False, pools=pools)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    after = heldout_rewards(trainer, args.heldout_prompts, args.max_new_tokens)
+    after = heldout_scores(trainer, args.heldout_prompts, args.max_new_tokens, pools=pools)
     rows = [json.loads(x) for x in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
-    target = optimised_objective(cfg)
     rewards = {name: [round(r[f"reward/raw/{name}"], 4) for r in rows] for name in cfg.objectives}
     result = {
         "epochs_per_iteration": epochs, "gradient_steps": epochs * args.iterations, "optimised": target,
         "train_reward_trend": trend(rewards[target]),
         "train_rewards": rewards, "kl": [round(r["kl"], 4) for r in rows],
-        "heldout_rewards_initial": before, "heldout_rewards_trained": after,
-        "heldout_reward_gain": {k: round(after[k] - before[k], 4) for k in after},
+        "heldout_prompts": len(before[target]), "heldout_pools": pools or sorted(trainer.heldout_pools),
+        "heldout_rewards_initial": {k: round(statistics.mean(v), 4) for k, v in before.items()},
+        "heldout_rewards_trained": {k: round(statistics.mean(v), 4) for k, v in after.items()},
+        # trained against initial on the same prompts and sampling seed: mean difference with its paired
+        # bootstrap interval, wins / ties / losses and the sign test
+        "heldout_vs_initial": {k: heldout_comparison(after[k], before[k]) for k in after},
         "seconds_per_iteration": round(statistics.median(r["time/total"] for r in rows[1:] or rows), 2),
         "wall_s": round(wall, 1),
     }
-    print(f"epochs {epochs}: {json.dumps(result['train_reward_trend'])} kl {result['kl'][-1]} held-out gain "
-          f"{result['heldout_reward_gain']}", flush=True)
+    gain = result["heldout_vs_initial"][target]
+    print(f"epochs {epochs}: {json.dumps(result['train_reward_trend'])} kl {result['kl'][-1]} held-out {target} "
+          f"{gain['mean_diff']:+.3f} [{gain['diff_ci_low']:+.3f}, {gain['diff_ci_high']:+.3f}]", flush=True)
     return result
 
 
