@@ -38,13 +38,18 @@ from molma.rl import MultiObjectiveTrainer, TrainConfig
 from molma.rl.rollout import GenerationSettings, generate
 
 
+def parse_pairs(spec: str, option: str) -> dict[str, str]:
+    """``name=value,name=value`` from the command line option ``option`` (named in the error)."""
+    pairs = [part.split("=", 1) for part in spec.split(",") if part.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise SystemExit(f"{option}: expected name=value,name=value, got {spec!r}")
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
 def parse_objectives(spec: str | None) -> dict[str, str]:
     if not spec:
         return {"help": "rule:length", "safe": "rule:banned_words"}
-    pairs = [part.split("=", 1) for part in spec.split(",") if part.strip()]
-    if any(len(p) != 2 for p in pairs):
-        raise SystemExit(f"--objectives: expected name=spec,name=spec, got {spec!r}")
-    return {name.strip(): value.strip() for name, value in pairs}
+    return parse_pairs(spec, "--objectives")
 
 
 def heldout_rewards(trainer: MultiObjectiveTrainer, max_prompts: int, max_new_tokens: int, seed: int = 0,

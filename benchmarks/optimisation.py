@@ -38,7 +38,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo import heldout_scores, parse_objectives  # noqa: E402  (the held-out scoring lives there)
+from grpo import heldout_scores, parse_objectives, parse_pairs  # noqa: E402  (held-out scoring lives there)
 
 from molma.atomic import write_text_atomic  # noqa: E402
 from molma.environment import environment_info  # noqa: E402
@@ -49,17 +49,19 @@ from molma.rl import MultiObjectiveTrainer, TrainConfig  # noqa: E402
 DEFAULT_OBJECTIVES = "help=rule:banned_words,safe=rule:length"
 
 
-def trend(values: list[float]) -> dict[str, float]:
+def _finite_or_none(x: float) -> float | None:
+    """A constant series has no interval: None, not NaN (which is not JSON)."""
+    return round(float(x), 5) if math.isfinite(x) else None
+
+
+def trend(values: list[float]) -> dict[str, float | None]:
     """Least-squares slope per iteration with a 95 % t interval, and the first / last quarters' means."""
     x = list(range(1, len(values) + 1))
     fit = stats.linregress(x, values)
     half = stats.t.ppf(0.975, len(values) - 2) * fit.stderr
     q = max(len(values) // 4, 1)
-    def number(x: float) -> float | None:  # a constant series has no interval (None, not NaN, in the JSON)
-        return round(float(x), 5) if math.isfinite(x) else None
-
-    return {"slope_per_iteration": number(fit.slope), "slope_ci_low": number(fit.slope - half),
-            "slope_ci_high": number(fit.slope + half), "slope_p": number(fit.pvalue),
+    return {"slope_per_iteration": _finite_or_none(fit.slope), "slope_ci_low": _finite_or_none(fit.slope - half),
+            "slope_ci_high": _finite_or_none(fit.slope + half), "slope_p": _finite_or_none(fit.pvalue),
             "first_quarter_mean": round(statistics.mean(values[:q]), 4),
             "last_quarter_mean": round(statistics.mean(values[-q:]), 4)}
 
@@ -78,7 +80,7 @@ def optimised_objective(cfg: TrainConfig) -> str:
 
 def run_variant(epochs: int, args: argparse.Namespace, folder: str) -> dict:
     torch.set_num_threads(args.threads)
-    prompts = parse_objectives(args.prompts) if args.prompts else None
+    prompts = parse_pairs(args.prompts, "--prompts") if args.prompts else None
     cfg = TrainConfig(algo=args.algo, objectives=parse_objectives(args.objectives), iterations=args.iterations,
                       experience_size=args.experience, minibatch_size=args.experience, epochs_per_iteration=epochs,
                       max_new_tokens=args.max_new_tokens, max_prompt_tokens=96, lr=args.lr, weight_decay=0.0,
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny random Llama, 3 iterations: checks the script")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/optimisation.json)")
     args = parser.parse_args()
+    for spec, option in ((args.objectives, "--objectives"), (args.prompts, "--prompts")):
+        if spec:
+            parse_pairs(spec, option)  # a malformed option stops here, before any model loads
     if args.tiny:
         args.iterations, args.experience, args.max_new_tokens, args.heldout_prompts = 3, 8, 6, 8
     with tempfile.TemporaryDirectory() as tmp:
