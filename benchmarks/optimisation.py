@@ -15,7 +15,8 @@ reference grows is drifting, not learning. Reported per variant (``--epochs 1 4`
 Default objective: ``rule:banned_words`` (minus the number of common words such as "the", "a", "is": a
 reward any working policy-gradient loop lowers the count of) optimised by SO-help, with ``rule:length``
 logged beside it (not optimised). ``--objectives help=RM_FOLDER,safe=RM_FOLDER --algo so-safe`` asks the
-same of a reward model. ``--tiny`` checks the script in seconds on a tiny random Llama.
+same of a reward model; ``--algo molma`` (or so-weighted) optimises both objectives, each judged on its own
+pool's held-out prompts. ``--tiny`` checks the script in seconds on a tiny random Llama.
 
     .venv/bin/python benchmarks/optimisation.py [--epochs 1 4] [--iterations 24] [--workers 2]
     .venv/bin/python benchmarks/optimisation.py --tiny
@@ -73,9 +74,11 @@ def heldout_comparison(trained: list[float], initial: list[float]) -> dict[str, 
     return {k: round(full[k], 4) if isinstance(full[k], float) else full[k] for k in keys}
 
 
-def optimised_objective(cfg: TrainConfig) -> str:
-    """The objective whose reward the single-objective algorithm optimises."""
-    return cfg.safe_objective if cfg.algo == "so-safe" else cfg.help_objective
+def optimised_objectives(cfg: TrainConfig) -> list[str]:
+    """The objectives whose rewards the algorithm optimises: so-help / so-safe one, the others all."""
+    if cfg.algo in ("so-help", "so-safe"):
+        return [cfg.safe_objective if cfg.algo == "so-safe" else cfg.help_objective]
+    return list(cfg.objectives)
 
 
 def run_variant(epochs: int, args: argparse.Namespace, folder: str) -> dict:
@@ -94,39 +97,46 @@ def run_variant(epochs: int, args: argparse.Namespace, folder: str) -> dict:
 
         kwargs["policy"], kwargs["tokenizer"] = tiny_llama()
     trainer = MultiObjectiveTrainer(cfg, **kwargs)
-    target = optimised_objective(cfg)
-    # the held-out prompts of the optimised objective's own pool when there is one (so-safe: safety prompts)
-    pools = [target] if trainer.heldout_pools.get(target) else None
-    before = heldout_scores(trainer, args.heldout_prompts, args.max_new_tokens, adapters=False, pools=pools)
+    targets = optimised_objectives(cfg)
+    # each optimised objective is judged on its own pool's held-out prompts when there is one (so-safe: safety
+    # prompts; molma: help on help prompts, safe on safety prompts); the others on the first target's prompts
+    pools = {t: [t] if trainer.heldout_pools.get(t) else None for t in targets}
+    before = {t: heldout_scores(trainer, args.heldout_prompts, args.max_new_tokens, adapters=False, pools=pools[t])
+              for t in targets}
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    after = heldout_scores(trainer, args.heldout_prompts, args.max_new_tokens, pools=pools)
+    after = {t: heldout_scores(trainer, args.heldout_prompts, args.max_new_tokens, pools=pools[t]) for t in targets}
+    judged_on = {k: k if k in targets else targets[0] for k in cfg.objectives}  # objective -> its prompts
     rows = [json.loads(x) for x in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
     rewards = {name: [round(r[f"reward/raw/{name}"], 4) for r in rows] for name in cfg.objectives}
     result = {
-        "epochs_per_iteration": epochs, "gradient_steps": epochs * args.iterations, "optimised": target,
-        "train_reward_trend": trend(rewards[target]),
+        "epochs_per_iteration": epochs, "gradient_steps": epochs * args.iterations, "optimised": targets,
+        "train_reward_trend": {t: trend(rewards[t]) for t in targets},
         "train_rewards": rewards, "kl": [round(r["kl"], 4) for r in rows],
-        "heldout_prompts": len(before[target]), "heldout_pools": pools or sorted(trainer.heldout_pools),
-        "heldout_rewards_initial": {k: round(statistics.mean(v), 4) for k, v in before.items()},
-        "heldout_rewards_trained": {k: round(statistics.mean(v), 4) for k, v in after.items()},
+        "heldout_prompts": {t: len(before[t][t]) for t in targets},
+        "heldout_pools": {t: pools[t] or sorted(trainer.heldout_pools) for t in targets},
+        "heldout_rewards_initial": {k: round(statistics.mean(before[t][k]), 4) for k, t in judged_on.items()},
+        "heldout_rewards_trained": {k: round(statistics.mean(after[t][k]), 4) for k, t in judged_on.items()},
         # trained against initial on the same prompts and sampling seed: mean difference with its paired
         # bootstrap interval, wins / ties / losses and the sign test
-        "heldout_vs_initial": {k: heldout_comparison(after[k], before[k]) for k in after},
+        "heldout_vs_initial": {k: heldout_comparison(after[t][k], before[t][k]) for k, t in judged_on.items()},
         "seconds_per_iteration": round(statistics.median(r["time/total"] for r in rows[1:] or rows), 2),
         "wall_s": round(wall, 1),
     }
-    gain = result["heldout_vs_initial"][target]
-    print(f"epochs {epochs}: {json.dumps(result['train_reward_trend'])} kl {result['kl'][-1]} held-out {target} "
-          f"{gain['mean_diff']:+.3f} [{gain['diff_ci_low']:+.3f}, {gain['diff_ci_high']:+.3f}]", flush=True)
+    for t in targets:
+        gain = result["heldout_vs_initial"][t]
+        print(f"epochs {epochs}: {t} {json.dumps(result['train_reward_trend'][t])} kl {result['kl'][-1]} held-out "
+              f"{gain['mean_diff']:+.3f} [{gain['diff_ci_low']:+.3f}, {gain['diff_ci_high']:+.3f}] "
+              f"p {gain['sign_p']:.3f}", flush=True)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 4], help="whole-batch steps per iteration")
-    parser.add_argument("--algo", default="so-help", choices=["so-help", "so-safe"])
+    parser.add_argument("--algo", default="so-help", choices=["so-help", "so-safe", "so-weighted", "molma"],
+                        help="so-help / so-safe optimise one objective, so-weighted / molma both")
     parser.add_argument("--objectives", default=DEFAULT_OBJECTIVES, help="help=SPEC,safe=SPEC (rules or RM folders)")
     parser.add_argument("--prompts", help="help=FILE,safe=FILE prompt pools (default: the builtin ones)")
     parser.add_argument("--iterations", type=int, default=24)

@@ -6,7 +6,9 @@
    plain float32 HF ``generate`` on the same prompts and the same LoRA policy (target >= 2.5x);
 3. cost of K objectives: MOLMA ``fast`` and ``exact`` against SO-weighted on the same batch for K = 2, 4, 8
    rule objectives (targets: fast <= 1.10x at every K, exact <= 2.5x at K = 8);
-4. agreement: a short learning MOLMA run (lr 1e-3) in fp32 and bf16 from the same seed, reward curves compared
+4. lengths: the training forward + backward on a batch padded to its longest prompt against one forward per
+   group of similar prompt lengths (``--prompts real``: the experiments' mix of real prompts);
+5. agreement: a short learning MOLMA run (lr 1e-3) in fp32 and bf16 from the same seed, reward curves compared
    with the gap between two fp32 seeds (the noise).
 
 Objectives are rule-based (`length` with several caps, `banned_words`) so the timing is of the trainer, not
@@ -76,12 +78,31 @@ def measure(variants: dict[str, dict], args, tmp: str) -> dict[str, dict]:
     return {n: summarise(rows_of[n], walls[n]) for n in names}
 
 
+def benchmark_prompts(args) -> list[str]:
+    """The rollout benchmark's prompts: ``builtin`` (the first builtin help prompts, 39-46 tokens templated:
+    little padding) or ``real`` (the experiments' mix: 60 % self-instruct instructions, 40 % HH-RLHF
+    red-teaming first turns from ../shared/data, 31-96 tokens: a left-padded batch is ~40 % padding)."""
+    from molma.data import load_builtin_prompts
+
+    if args.prompts == "builtin":
+        return [p.text for p in load_builtin_prompts("help")[:args.experience]]
+    from molma.data.hh import read_hh_split
+    from molma.data.readers import read_prompts
+
+    data = Path(args.shared_data)
+    help_pool = [p.text for p in read_prompts(str(data / "self-instruct/seed_tasks.jsonl.gz"))]
+    safe_pool = [p.text for p in read_hh_split(data / "hh-rlhf/harmless-base-test-first1800.jsonl.gz").train_prompts]
+    n_help = round(0.6 * args.experience)
+    return help_pool[:n_help] + safe_pool[:args.experience - n_help]
+
+
 def generation_speed(args) -> dict:
     """molma's rollout path in bf16 against plain float32 HF generate, same prompts, alternating, on the
     trainer's policy: SmolLM2 with LoRA adapters (r 8) on a frozen base. (Until 2026-12 this part timed the
     bare model, whose weights all require grad, so autocast cached their bf16 casts; the trainer's frozen
-    base was re-cast at every token, and its bf16 rollouts were no faster than fp32.)"""
-    from molma.data import load_builtin_prompts
+    base was re-cast at every token, and its bf16 rollouts were no faster than fp32.) ``molma_rollout_bf16_padded``
+    is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.rl.prefill)."""
+    import molma.rl.rollout as rollout
     from molma.data.chat import render_prompt
     from molma.models import load_model
     from molma.models.precision import autocast
@@ -89,29 +110,76 @@ def generation_speed(args) -> dict:
 
     model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
     model.eval()
-    texts = [render_prompt(tok, p.text) for p in load_builtin_prompts("help")[:args.experience]]
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    speeds: dict[str, list[float]] = {"hf_generate_fp32": [], "molma_rollout_bf16": [], "molma_rollout_fp32": []}
+    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
+    enc = tokenize_prompts(tok, texts, 96 if args.prompts == "real" else 256)
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, max_prompt_tokens=enc["input_ids"].shape[1])
+    grouped_prefill = rollout.prefill_cache
+    speeds: dict[str, list[float]] = {"hf_generate_fp32": [], "molma_rollout_bf16": [], "molma_rollout_fp32": [],
+                                      "molma_rollout_bf16_padded": []}
     for r in range(args.rounds + 1):
         for name in list(speeds) if r % 2 == 0 else list(speeds)[::-1]:
             t0 = time.perf_counter()
             if name == "hf_generate_fp32":
-                enc = tokenize_prompts(tok, texts, 256)
+                enc = tokenize_prompts(tok, texts, settings.max_prompt_tokens)
                 with torch.no_grad():
                     out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=True, top_k=0,
                                          pad_token_id=tok.pad_token_id)
                 new = out[:, enc["input_ids"].shape[1]:]
                 n_tokens = int((new != tok.pad_token_id).sum())
             else:
-                with autocast(model, "bf16" if name.endswith("bf16") else "fp32", sampling=True):
-                    batch, _ = generate(model, tok, texts, settings, seed=r)
+                rollout.prefill_cache = (lambda *a, **k: None) if name.endswith("padded") else grouped_prefill
+                try:
+                    with autocast(model, "fp32" if name.endswith("fp32") else "bf16", sampling=True):
+                        batch, _ = generate(model, tok, texts, settings, seed=r)
+                finally:
+                    rollout.prefill_cache = grouped_prefill
                 n_tokens = int(batch.response_mask.sum())
             if r:  # round 0 is a warm-up
                 speeds[name].append(n_tokens / (time.perf_counter() - t0))
     med = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
     return {"tokens_per_s": med, "raw": {k: [round(x, 1) for x in v] for k, v in speeds.items()},
             "ratio_molma_bf16_to_hf_fp32": round(med["molma_rollout_bf16"] / med["hf_generate_fp32"], 3),
+            "ratio_grouped_to_padded_prefill_bf16": round(med["molma_rollout_bf16"]
+                                                          / med["molma_rollout_bf16_padded"], 3),
+            "prompts": args.prompts, "prompt_tokens": {"min": min(lengths), "max": max(lengths),
+                                                       "mean": round(sum(lengths) / len(lengths), 1)},
             "batch": args.experience, "max_new_tokens": args.max_new_tokens, "model": "SmolLM2-135M + LoRA r 8"}
+
+
+def length_grouping_speed(args) -> dict:
+    """The training forward + backward of the policy (SmolLM2 + LoRA, bf16 autocast, the trainer's eager
+    attention) on one rollout batch of ``--prompts``: one forward over the batch padded to its longest prompt
+    against one per group of similar prompt lengths (``sequence_logprobs(by_length=...)``), alternating."""
+    from molma.data.chat import render_prompt
+    from molma.models import load_model
+    from molma.models.attention import training_attention
+    from molma.models.precision import autocast
+    from molma.rl.prefill import length_groups
+    from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
+
+    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
+    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
+    with autocast(model, "bf16", sampling=True):
+        batch, _ = generate(model, tok, texts, GenerationSettings(max_new_tokens=args.max_new_tokens,
+                                                                  max_prompt_tokens=96), seed=0)
+    model.train()
+    seconds: dict[str, list[float]] = {"padded": [], "by_length": []}
+    for r in range(args.rounds + 1):
+        for name in list(seconds) if r % 2 == 0 else list(seconds)[::-1]:
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            with autocast(model, "bf16"), training_attention(model):
+                logp, _ = sequence_logprobs(model, batch, by_length=name == "by_length")
+            logp.sum().backward()
+            if r:  # round 0 is a warm-up
+                seconds[name].append(time.perf_counter() - t0)
+    med = {k: round(statistics.median(v), 3) for k, v in seconds.items()}
+    lengths = batch.prompt_lengths
+    return {"seconds_forward_backward": med, "raw": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+            "speedup_by_length": round(med["padded"] / med["by_length"], 3), "prompts": args.prompts,
+            "groups": [[lengths[i] for i in g] for g in length_groups(lengths)],
+            "columns_padded": batch.input_ids.shape[1], "batch": len(texts)}
 
 
 def precision_agreement(args, tmp: str) -> dict:
@@ -150,6 +218,9 @@ def main() -> None:
     parser.add_argument("--ks", default="2,4,8", help="numbers of objectives for the K-cost part")
     parser.add_argument("--parts", default="precision,generation,objectives,agreement")
     parser.add_argument("--agreement-iterations", type=int, default=10)
+    parser.add_argument("--prompts", choices=["builtin", "real"], default="builtin",
+                        help="generation part: builtin help prompts (similar lengths) or the experiments' real mix")
+    parser.add_argument("--shared-data", default="../shared/data", help="folder of the real data (--prompts real)")
     parser.add_argument("--out", default="benchmarks/results/trainer.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -170,6 +241,8 @@ def main() -> None:
         if "generation" in parts:
             gen = generation_speed(args)
             out["generation"] = {**gen, "target": ">= 2.5", "met": gen["ratio_molma_bf16_to_hf_fp32"] >= 2.5}
+        if "lengths" in parts:
+            out["lengths"] = length_grouping_speed(args)
         if "objectives" in parts:
             per_k = {}
             for k in [int(x) for x in args.ks.split(",")]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import LogitsProcessorList
 
+from molma.rl.prefill import cache_argument, length_groups, prefill_cache
 from molma.rl.sampling import RowSampler, row_seed
 
 if TYPE_CHECKING:
@@ -51,6 +52,17 @@ class Batch:
 
     def select(self, idx: Tensor) -> Batch:
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.prompt_len, self.response_mask[idx])
+
+    @property
+    def prompt_lengths(self) -> list[int]:
+        """Real (unpadded) prompt tokens of each row."""
+        return self.attention_mask[:, :self.prompt_len].sum(dim=1).tolist()
+
+    def crop_prompt(self, width: int) -> Batch:
+        """The same sequences keeping only the last ``width`` prompt columns (every row's padding before them is
+        dropped; ``width`` must cover each row's prompt)."""
+        start = self.prompt_len - width
+        return Batch(self.input_ids[:, start:], self.attention_mask[:, start:], width, self.response_mask)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.prompt_len,
@@ -115,8 +127,11 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     stop_ids = _stop_ids(tokenizer, model)
     sampler = RowSampler([row_seed(seed, r) for r in rows], settings.temperature, settings.top_k,
                          settings.top_p) if settings.do_sample else None
+    # the prompt's cache by groups of similar length (molma.rl.prefill); a sharded model keeps the padded prefill
+    cache = None if synced else prefill_cache(model, enc["input_ids"], enc["attention_mask"])
     out = model.generate(
         **enc,
+        **({cache_argument(model): cache} if cache is not None else {}),
         max_new_tokens=settings.max_new_tokens,
         do_sample=False,  # greedy over the sampler's one surviving token = sampling (see molma.rl.sampling)
         logits_processor=LogitsProcessorList([sampler] if sampler is not None else []),
@@ -172,9 +187,30 @@ def _stop_ids(tokenizer, model) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def sequence_logprobs(model, batch: Batch, return_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+def sequence_logprobs(model, batch: Batch, return_hidden: bool = False, by_length: bool = True
+                      ) -> tuple[Tensor, Tensor | None]:
     """log pi(a_t | s_t) of the response tokens [B, T] (grad flows if enabled), and optionally the last
-    hidden states at the positions that predict them [B, T, H] (used by a frozen-backbone critic)."""
+    hidden states at the positions that predict them [B, T, H] (used by a frozen-backbone critic).
+
+    ``by_length``: one forward per group of rows with similar prompt lengths, each cropped to its own longest
+    prompt (:func:`molma.rl.prefill.length_groups`), instead of one over the batch padded to the longest; the
+    rows' results are the same up to rounding. Off for sharded (FSDP) models, whose processes must run the
+    same forwards."""
+    groups = length_groups(batch.prompt_lengths) if by_length else []
+    if len(groups) <= 1:
+        return _sequence_logprobs(model, batch, return_hidden)
+    parts = []
+    for rows in groups:
+        idx = torch.tensor(rows, device=batch.input_ids.device)
+        sub = batch.select(idx)
+        parts.append(_sequence_logprobs(model, sub.crop_prompt(max(max(sub.prompt_lengths), 1)), return_hidden))
+    inverse = torch.argsort(torch.tensor([r for rows in groups for r in rows], device=batch.input_ids.device))
+    logp = torch.cat([lp for lp, _ in parts])[inverse]
+    hidden = torch.cat([h for _, h in parts])[inverse] if return_hidden else None
+    return logp, hidden
+
+
+def _sequence_logprobs(model, batch: Batch, return_hidden: bool) -> tuple[Tensor, Tensor | None]:
     T = batch.response_mask.shape[1]
     out = model(
         input_ids=batch.input_ids,

@@ -226,14 +226,20 @@ class MultiObjectiveTrainer:
         w = torch.tensor(self.cfg.importance, dtype=torch.float32)
         return w / w.sum()
 
+    @property
+    def _by_length(self) -> bool:
+        """Forwards by groups of similar prompt length (molma.rl.rollout.sequence_logprobs), except for sharded
+        models: every process must run the same forwards."""
+        return not self.layout.shards_parameters
+
     def _reference_logprobs(self, batch: Batch, hidden: bool) -> tuple[Tensor, Tensor | None]:
         # no gradient flows here (collect runs under no_grad): the inference context prepacks the frozen weights
         # (same numbers; SmolLM2's 16 x 70-token reference forward 1.02 vs 1.17 s, measured)
         if self.reference is not None:
             with autocast(self.reference, self.precision, inference=True):
-                return sequence_logprobs(self.reference, batch, return_hidden=hidden)
+                return sequence_logprobs(self.reference, batch, return_hidden=hidden, by_length=self._by_length)
         with self.policy.disable_adapter(), autocast(self.policy, self.precision, inference=True):
-            return sequence_logprobs(self.policy, batch, return_hidden=hidden)
+            return sequence_logprobs(self.policy, batch, return_hidden=hidden, by_length=self._by_length)
 
     # ------------------------------------------------------------------ one iteration
     @torch.no_grad()
@@ -372,7 +378,7 @@ class MultiObjectiveTrainer:
         mb = exp.batch.select(idx)
         # losses below are computed in float32; eager attention on CPU (faster backward: molma.models.attention)
         with autocast(self.policy, self.precision), training_attention(self.policy):
-            logp, _ = sequence_logprobs(self.policy, mb)
+            logp, _ = sequence_logprobs(self.policy, mb, by_length=self._by_length)
         adv = exp.advantages[:, idx]
         if cfg.policy_loss == "apa":
             policy_losses = apa_loss(logp, exp.logp_ref[idx], adv, mb.response_mask, cfg.apa_lambda)

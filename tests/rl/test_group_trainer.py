@@ -300,17 +300,22 @@ def test_grpo_benchmark_runs_on_the_tiny_model(tmp_path):
 @pytest.mark.slow
 def test_optimisation_benchmark_runs_on_the_tiny_model(tmp_path):
     """``benchmarks/optimisation.py --tiny``: one run per epochs setting, the trend and the held-out comparison
-    recorded (not a measurement)."""
+    recorded (not a measurement); MOLMA optimises both objectives, each judged on its own pool's prompts."""
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     out = tmp_path / "optimisation.json"
-    proc = subprocess.run([sys.executable, "benchmarks/optimisation.py", "--tiny", "--epochs", "1", "2", "--out",
-                           str(out)], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "benchmarks/optimisation.py", "--tiny", "--algo", "molma", "--epochs",
+                           "1", "2", "--out", str(out)], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"epochs1", "epochs2"} and results["epochs2"]["gradient_steps"] == 6
-    assert results["epochs1"]["heldout_pools"] == ["help"]
-    comparison = results["epochs1"]["heldout_vs_initial"]["help"]
-    assert comparison["n"] == results["epochs1"]["heldout_prompts"] == 8
-    assert comparison["n_win"] + comparison["n_tie"] + comparison["n_loss"] == 8
-    assert len(results["epochs1"]["train_rewards"]["help"]) == len(results["epochs1"]["kl"]) == 3
+    first = results["epochs1"]
+    assert first["optimised"] == ["help", "safe"]
+    assert first["heldout_pools"] == {"help": ["help"], "safe": ["safe"]}
+    for name in ("help", "safe"):
+        comparison = first["heldout_vs_initial"][name]
+        assert comparison["n"] == first["heldout_prompts"][name] == 8
+        assert comparison["n_win"] + comparison["n_tie"] + comparison["n_loss"] == 8
+        assert set(first["train_reward_trend"][name]) >= {"slope_per_iteration", "slope_ci_low", "slope_ci_high"}
+    assert len(first["train_rewards"]["help"]) == len(first["kl"]) == 3

@@ -1,0 +1,155 @@
+"""Prefill by prompt length (molma.rl.prefill): the grouping is the cheapest, and generation from the grouped
+cache samples what the padded batch's own prefill samples."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from molma.eval.generate import generate_responses
+from molma.models import LoraSettings, tiny_llama
+from molma.rl import prefill
+from molma.rl.prefill import length_groups, prefill_cache
+from molma.rl.rollout import GenerationSettings, generate, tokenize_prompts
+
+
+def _cost(lengths: list[int], groups: list[list[int]], overhead: int) -> int:
+    return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+
+
+def test_equal_lengths_make_one_group():
+    assert length_groups([7, 7, 7, 7], overhead_tokens=16) == [[0, 1, 2, 3]]
+
+
+def test_short_and_long_prompts_split_by_hand():
+    # one group: 8 rows x 50 + 16 = 416 tokens; two: 4 x 2 + 16 + 4 x 50 + 16 = 240
+    lengths = [50, 2, 50, 2, 2, 50, 2, 50]
+    assert length_groups(lengths, overhead_tokens=16) == [[1, 3, 4, 6], [0, 2, 5, 7]]
+    # a forward that costs more than the padding it saves is not worth it: 2 x 10 + 40 < 1 x 2 + 40 + 1 x 10 + 40
+    assert length_groups([10, 2], overhead_tokens=40) == [[0, 1]]
+
+
+def test_groups_are_capped():
+    groups = length_groups([1, 20, 40, 60, 80, 100], overhead_tokens=0, max_groups=2)
+    assert len(groups) == 2 and sorted(sum(groups, [])) == list(range(6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=7), st.integers(0, 30), st.integers(1, 3))
+def test_grouping_is_the_cheapest_contiguous_split(lengths, overhead, max_groups):
+    """Exact: no split of the length-sorted rows into at most max_groups runs costs less (brute force)."""
+    groups = length_groups(lengths, overhead_tokens=overhead, max_groups=max_groups)
+    assert sorted(sum(groups, [])) == list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    best = None
+    for k in range(1, min(max_groups, len(lengths)) + 1):
+        for cuts in itertools.combinations(range(1, len(lengths)), k - 1):
+            bounds = [0, *cuts, len(lengths)]
+            split = [order[a:b] for a, b in zip(bounds, bounds[1:])]
+            cost = _cost(lengths, split, overhead)
+            best = cost if best is None else min(best, cost)
+    assert _cost(lengths, groups, overhead) == best
+
+
+PROMPTS = ["Hi", "Tell me a long story about a dragon who guards a library of ancient maps and secret books",
+           "What is 2 + 2?", "Explain, step by step and with care, how a bicycle's gears let a rider climb hills",
+           "Name a colour", "Why?"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = tiny_llama(seed=3)
+    return model, tok
+
+
+def test_grouped_cache_matches_the_padded_prefill(tiny):
+    """The assembled cache holds the same keys and values as the padded batch's own forward on real tokens."""
+    model, tok = tiny
+    enc = tokenize_prompts(tok, PROMPTS, 256)
+    cache = prefill_cache(model, enc["input_ids"], enc["attention_mask"], overhead_tokens=0)
+    assert cache is not None
+    P = enc["input_ids"].shape[1]
+    ids, mask = enc["input_ids"][:, :P - 1], enc["attention_mask"][:, :P - 1]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    plain = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+    real = mask.bool()[:, None, :, None]
+    for layer in range(model.config.num_hidden_layers):
+        for a, b in ((cache.layers[layer].keys, plain.layers[layer].keys),
+                     (cache.layers[layer].values, plain.layers[layer].values)):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a * real, b * real, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_rollout_samples_what_the_padded_prefill_samples(tiny, monkeypatch, lora):
+    """Seeded rollout (molma.rl.rollout.generate): same tokens and log-probs with and without the grouped
+    prefill, on the plain model and under LoRA (peft, adapters moved off their zero start)."""
+    import molma.rl.rollout as rollout
+    from molma.models.loading import apply_lora
+
+    model, tok = tiny
+    if lora:
+        model = apply_lora(tiny_llama(seed=3)[0], LoraSettings(r=4, alpha=8))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5)
+    real, calls = prefill_cache, []
+
+    def grouped_prefill(*args, **kwargs):
+        cache = real(*args, overhead_tokens=0)
+        calls.append(cache is not None)
+        return cache
+
+    gen = GenerationSettings(max_new_tokens=8)
+    monkeypatch.setattr(rollout, "prefill_cache", grouped_prefill)
+    grouped, logp_grouped = generate(model, tok, PROMPTS, gen, seed=11)
+    monkeypatch.setattr(rollout, "prefill_cache", lambda *a, **k: None)
+    padded, logp_padded = generate(model, tok, PROMPTS, gen, seed=11)
+    assert calls == [True]
+    assert torch.equal(grouped.input_ids, padded.input_ids)
+    torch.testing.assert_close(logp_grouped, logp_padded, atol=1e-5, rtol=1e-5)
+
+
+def test_evaluation_generation_is_unchanged_by_grouping(tiny, monkeypatch):
+    model, tok = tiny
+    real, calls = prefill_cache, []
+    monkeypatch.setattr(prefill, "prefill_cache", lambda *a, **k: None)
+    padded = generate_responses(model, tok, PROMPTS, max_new_tokens=8, seed=5, batch_size=6, progress=False)
+
+    def grouped_prefill(*args, **kwargs):
+        cache = real(*args, overhead_tokens=0)
+        calls.append(cache is not None)
+        return cache
+
+    monkeypatch.setattr(prefill, "prefill_cache", grouped_prefill)
+    grouped = generate_responses(model, tok, PROMPTS, max_new_tokens=8, seed=5, batch_size=6, progress=False)
+    assert calls == [True] and grouped == padded
+
+
+def test_training_forward_by_length_matches_the_padded_forward(tiny):
+    """sequence_logprobs by prompt-length groups: the same log-probs, hidden states and gradients as the one
+    forward over the padded batch (rows come back in their order)."""
+    from molma.rl.rollout import batch_from_ids, sequence_logprobs
+
+    model, tok = tiny
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    response_ids = [[11, 12, 13], [14, 15], [16, 17, 18, 19], [20], [21, 22], [23, 24, 25]]
+    batch = batch_from_ids(prompt_ids, response_ids, tok.pad_token_id)
+    results = {}
+    for by_length in (False, True):
+        model.zero_grad()
+        logp, hidden = sequence_logprobs(model, batch, return_hidden=True, by_length=by_length)
+        logp.sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results[by_length] = (logp.detach(), hidden.detach(), grads)
+    model.zero_grad()
+    assert len(length_groups(batch.prompt_lengths)) > 1  # the grouped path ran
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[True][2], results[False][2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
