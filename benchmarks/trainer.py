@@ -101,7 +101,7 @@ def generation_speed(args) -> dict:
     trainer's policy: SmolLM2 with LoRA adapters (r 8) on a frozen base. (Until 2026-12 this part timed the
     bare model, whose weights all require grad, so autocast cached their bf16 casts; the trainer's frozen
     base was re-cast at every token, and its bf16 rollouts were no faster than fp32.) ``molma_rollout_bf16_padded``
-    is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.rl.prefill)."""
+    is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.models.prefill)."""
     import molma.rl.rollout as rollout
     from molma.data.chat import render_prompt
     from molma.models import load_model
@@ -155,7 +155,7 @@ def length_grouping_speed(args) -> dict:
     from molma.models import load_model
     from molma.models.attention import training_attention
     from molma.models.precision import autocast
-    from molma.rl.prefill import length_groups
+    from molma.models.prefill import length_groups
     from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
 
     model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))

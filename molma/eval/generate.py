@@ -63,7 +63,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str | Prompt], max_ne
     (:mod:`molma.models.precision`; bf16 / fp16 sample slightly different tokens than fp32).
     """
     from molma.models.precision import autocast
-    from molma.rl.prefill import cache_argument, prefill_cache
+    from molma.models.prefill import cache_argument, prefill_cache
 
     check_generation(max_new_tokens, batch_size, do_sample, temperature, top_p)
     texts = _texts(prompts)

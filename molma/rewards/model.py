@@ -302,12 +302,16 @@ class RewardModel:
 
             batches = tqdm(batches, desc=f"scoring ({self.name})", unit="batch", leave=False)
         from molma.models.precision import autocast
+        from molma.models.prefill import length_groups
 
         with torch.inference_mode(), autocast(self.model, self.precision):
             for start in batches:
-                idx = order[start:start + self.batch_size]
-                input_ids, mask = pad_right([ids[i] for i in idx], self.model.config.pad_token_id)
-                logits = self.model(input_ids=input_ids.to(self.device),
-                                    attention_mask=mask.to(self.device)).logits
-                scores[idx] = logits.reshape(len(idx), -1)[:, 0].float().cpu()
+                chunk = order[start:start + self.batch_size]
+                # one forward per group of similar lengths (molma.models.prefill.length_groups): less padding
+                for group in length_groups([len(ids[i]) for i in chunk]):
+                    idx = [chunk[j] for j in group]
+                    input_ids, mask = pad_right([ids[i] for i in idx], self.model.config.pad_token_id)
+                    logits = self.model(input_ids=input_ids.to(self.device),
+                                        attention_mask=mask.to(self.device)).logits
+                    scores[idx] = logits.reshape(len(idx), -1)[:, 0].float().cpu()
         return check_finite(scores, self.name, responses)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import LogitsProcessorList
 
-from molma.rl.prefill import cache_argument, length_groups, prefill_cache
+from molma.models.prefill import cache_argument, length_groups, prefill_cache
 from molma.rl.sampling import RowSampler, row_seed
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     stop_ids = _stop_ids(tokenizer, model)
     sampler = RowSampler([row_seed(seed, r) for r in rows], settings.temperature, settings.top_k,
                          settings.top_p) if settings.do_sample else None
-    # the prompt's cache by groups of similar length (molma.rl.prefill); a sharded model keeps the padded prefill
+    # the prompt's cache by groups of similar length (molma.models.prefill); a sharded model keeps the padded prefill
     cache = None if synced else prefill_cache(model, enc["input_ids"], enc["attention_mask"])
     out = model.generate(
         **enc,
@@ -193,7 +193,7 @@ def sequence_logprobs(model, batch: Batch, return_hidden: bool = False, by_lengt
     hidden states at the positions that predict them [B, T, H] (used by a frozen-backbone critic).
 
     ``by_length``: one forward per group of rows with similar prompt lengths, each cropped to its own longest
-    prompt (:func:`molma.rl.prefill.length_groups`), instead of one over the batch padded to the longest; the
+    prompt (:func:`molma.models.prefill.length_groups`), instead of one over the batch padded to the longest; the
     rows' results are the same up to rounding. Off for sharded (FSDP) models, whose processes must run the
     same forwards."""
     groups = length_groups(batch.prompt_lengths) if by_length else []

@@ -1,4 +1,4 @@
-"""Prefill by prompt length (molma.rl.prefill): the grouping is the cheapest, and generation from the grouped
+"""Prefill by prompt length (molma.models.prefill): the grouping is the cheapest, and generation from the grouped
 cache samples what the padded batch's own prefill samples."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from molma.eval.generate import generate_responses
-from molma.models import LoraSettings, tiny_llama
-from molma.rl import prefill
-from molma.rl.prefill import length_groups, prefill_cache
+from molma.models import LoraSettings, prefill, tiny_llama
+from molma.models.prefill import length_groups, prefill_cache
 from molma.rl.rollout import GenerationSettings, generate, tokenize_prompts
 
 
