@@ -81,7 +81,8 @@ def measure(variants: dict[str, dict], args, tmp: str) -> dict[str, dict]:
 def benchmark_prompts(args) -> list[str]:
     """The rollout benchmark's prompts: ``builtin`` (the first builtin help prompts, 39-46 tokens templated:
     little padding) or ``real`` (the experiments' mix: 60 % self-instruct instructions, 40 % HH-RLHF
-    red-teaming first turns from ../shared/data, 31-96 tokens: a left-padded batch is ~40 % padding)."""
+    red-teaming first turns from ../shared/data, 31-96 tokens: a left-padded batch is ~40 % padding), the pools'
+    first prompts or, with ``--prompt-seed``, a seeded draw."""
     from molma.data import load_builtin_prompts
 
     if args.prompts == "builtin":
@@ -92,6 +93,12 @@ def benchmark_prompts(args) -> list[str]:
     data = Path(args.shared_data)
     help_pool = [p.text for p in read_prompts(str(data / "self-instruct/seed_tasks.jsonl.gz"))]
     safe_pool = [p.text for p in read_hh_split(data / "hh-rlhf/harmless-base-test-first1800.jsonl.gz").train_prompts]
+    if args.prompt_seed is not None:  # another draw of the same mix (another length profile)
+        import random
+
+        rng = random.Random(args.prompt_seed)
+        rng.shuffle(help_pool)
+        rng.shuffle(safe_pool)
     n_help = round(0.6 * args.experience)
     return help_pool[:n_help] + safe_pool[:args.experience - n_help]
 
@@ -220,6 +227,8 @@ def main() -> None:
     parser.add_argument("--agreement-iterations", type=int, default=10)
     parser.add_argument("--prompts", choices=["builtin", "real"], default="builtin",
                         help="generation part: builtin help prompts (similar lengths) or the experiments' real mix")
+    parser.add_argument("--prompt-seed", type=int, help="--prompts real: shuffle the pools with this seed "
+                        "(default: their first prompts)")
     parser.add_argument("--shared-data", default="../shared/data", help="folder of the real data (--prompts real)")
     parser.add_argument("--out", default="benchmarks/results/trainer.json")
     args = parser.parse_args()
