@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from molma.rl.rollout import Batch
+from molma.rl.rollout import Batch, by_prompt_length
 
 
 class ValueHeads(nn.Module):
@@ -59,12 +59,16 @@ class Critic(nn.Module):
             decoder = apply_lora(decoder, lora, task_type="FEATURE_EXTRACTION")
         return cls(decoder, hidden, num_objectives)
 
-    def forward(self, batch: Batch, reference_hidden: Tensor | None = None) -> Tensor:
-        """Values [K, B, T] at the positions that predict each response token."""
+    def forward(self, batch: Batch, reference_hidden: Tensor | None = None, by_length: bool = True) -> Tensor:
+        """Values [K, B, T] at the positions that predict each response token. ``by_length``: a trainable
+        backbone runs one forward per group of similar prompt lengths (molma.rl.rollout.by_prompt_length)."""
         if self.backbone is None:
             if reference_hidden is None:
                 raise ValueError("a frozen-backbone critic needs the reference model's hidden states")
             return self.heads(reference_hidden.detach()) * batch.response_mask
+        return by_prompt_length(batch, self._backbone_values, by_length, batch_dim=1)
+
+    def _backbone_values(self, batch: Batch) -> Tensor:
         out = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                             position_ids=batch.position_ids, use_cache=False)
         T = batch.response_mask.shape[1]

@@ -7,8 +7,9 @@ from the logits at column ``P + t - 1``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -196,18 +197,32 @@ def sequence_logprobs(model, batch: Batch, return_hidden: bool = False, by_lengt
     prompt (:func:`molma.models.prefill.length_groups`), instead of one over the batch padded to the longest; the
     rows' results are the same up to rounding. Off for sharded (FSDP) models, whose processes must run the
     same forwards."""
-    groups = length_groups(batch.prompt_lengths) if by_length else []
+    return by_prompt_length(batch, lambda part: _sequence_logprobs(model, part, return_hidden), by_length)
+
+
+def by_prompt_length(batch: Batch, forward: Callable[[Batch], Any], enabled: bool = True, batch_dim: int = 0):
+    """``forward(batch)`` run once per group of rows with similar prompt lengths
+    (:func:`molma.models.prefill.length_groups`), each group cropped to its own longest prompt, and the results
+    put back in row order along ``batch_dim``. ``forward`` returns a tensor or a tuple of tensors (or None);
+    per-row results must not depend on the prompt's padding (true of a forward that masks it and counts
+    positions from the first real token). ``enabled=False``, or a single group: one call on the whole batch."""
+    groups = length_groups(batch.prompt_lengths) if enabled else []
     if len(groups) <= 1:
-        return _sequence_logprobs(model, batch, return_hidden)
-    parts = []
+        return forward(batch)
+    outputs = []
     for rows in groups:
-        idx = torch.tensor(rows, device=batch.input_ids.device)
-        sub = batch.select(idx)
-        parts.append(_sequence_logprobs(model, sub.crop_prompt(max(max(sub.prompt_lengths), 1)), return_hidden))
-    inverse = torch.argsort(torch.tensor([r for rows in groups for r in rows], device=batch.input_ids.device))
-    logp = torch.cat([lp for lp, _ in parts])[inverse]
-    hidden = torch.cat([h for _, h in parts])[inverse] if return_hidden else None
-    return logp, hidden
+        part = batch.select(torch.tensor(rows, device=batch.input_ids.device))
+        outputs.append(forward(part.crop_prompt(max(max(part.prompt_lengths), 1))))
+    inverse = torch.argsort(torch.tensor([r for rows in groups for r in rows]))
+
+    def join(parts: list[Tensor | None]) -> Tensor | None:
+        if parts[0] is None:
+            return None
+        return torch.cat(parts, dim=batch_dim).index_select(batch_dim, inverse.to(parts[0].device))
+
+    if isinstance(outputs[0], tuple):
+        return tuple(join([out[i] for out in outputs]) for i in range(len(outputs[0])))
+    return join(outputs)
 
 
 def _sequence_logprobs(model, batch: Batch, return_hidden: bool) -> tuple[Tensor, Tensor | None]:

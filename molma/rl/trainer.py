@@ -291,7 +291,7 @@ class MultiObjectiveTrainer:
         values_old = None
         if self.critic is not None:
             with autocast(self.critic, self.precision):
-                values_old = self.critic(batch, ref_hidden)
+                values_old = self.critic(batch, ref_hidden, by_length=self._by_length)
         batch, logp_old, logp_ref, ref_hidden, values_old, scores, responses = gather_rollout(
             self.layout, self.tokenizer.pad_token_id, batch, logp_old, logp_ref, ref_hidden, values_old, scores,
             responses)
@@ -393,7 +393,7 @@ class MultiObjectiveTrainer:
         if self.critic is not None:
             hidden = exp.ref_hidden[idx] if exp.ref_hidden is not None else None
             with autocast(self.critic, self.precision):
-                values = self.critic(mb, hidden)
+                values = self.critic(mb, hidden, by_length=self._by_length)
             value_losses = value_loss(values, exp.returns[:, idx], mb.response_mask)
         if scale != 1.0:
             policy_losses = policy_losses * scale

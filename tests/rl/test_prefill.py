@@ -152,3 +152,27 @@ def test_training_forward_by_length_matches_the_padded_forward(tiny):
     torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[True][2], results[False][2]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_trainable_critic_by_length_matches_the_padded_forward(tiny):
+    """A trainable-backbone critic's values [K, B, T] and their gradients, by prompt-length groups and padded."""
+    from molma.rl.critic import Critic
+    from molma.rl.rollout import batch_from_ids
+
+    model, tok = tiny
+    critic = Critic.from_reference(model, num_objectives=2, backbone="trainable")
+    with torch.no_grad():
+        critic.heads.linear.weight.normal_(0, 1.0)  # zero-initialised heads would make every value 0
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    batch = batch_from_ids(prompt_ids, [[11, 12], [13], [14, 15, 16], [17], [18, 19], [20]], tok.pad_token_id)
+    assert len(length_groups(batch.prompt_lengths)) > 1
+    results = {}
+    for by_length in (False, True):
+        critic.zero_grad()
+        values = critic(batch, by_length=by_length)
+        values.sum().backward()
+        results[by_length] = (values.detach(), [p.grad.clone() for p in critic.parameters() if p.grad is not None])
+    assert results[True][0].shape == (2, 6, 3) and results[True][0].abs().sum() > 0
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
