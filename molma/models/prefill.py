@@ -91,6 +91,11 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
         group_cache = DynamicCache(config=config)
         decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: group_cache})
         parts.append((rows, width, group_cache))
+    # a layer that keeps fewer columns (a sliding window shorter than the prompt) or no key tensor (a recurrent
+    # layer of a hybrid model) cannot be assembled this way: the padded prefill then
+    if any(not isinstance(getattr(layer, "keys", None), torch.Tensor) or layer.keys.shape[-2] != width
+           for _, width, group_cache in parts for layer in group_cache.layers):
+        return None
     full = DynamicCache(config=config)
     for layer in range(len(parts[-1][2].layers)):
         keys = values = None
