@@ -109,7 +109,7 @@ def generation_speed(args) -> dict:
     bare model, whose weights all require grad, so autocast cached their bf16 casts; the trainer's frozen
     base was re-cast at every token, and its bf16 rollouts were no faster than fp32.) ``molma_rollout_bf16_padded``
     is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.models.prefill)."""
-    import molma.rl.rollout as rollout
+    import molma.models.prefill as prefill
     from molma.data.chat import render_prompt
     from molma.models import load_model
     from molma.models.precision import autocast
@@ -121,7 +121,7 @@ def generation_speed(args) -> dict:
     enc = tokenize_prompts(tok, texts, 96 if args.prompts == "real" else 256)
     lengths = enc["attention_mask"].sum(dim=1).tolist()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, max_prompt_tokens=enc["input_ids"].shape[1])
-    grouped_prefill = rollout.prefill_cache
+    grouped_prefill = prefill.prefill_cache
     speeds: dict[str, list[float]] = {"hf_generate_fp32": [], "molma_rollout_bf16": [], "molma_rollout_fp32": [],
                                       "molma_rollout_bf16_padded": []}
     for r in range(args.rounds + 1):
@@ -135,12 +135,12 @@ def generation_speed(args) -> dict:
                 new = out[:, enc["input_ids"].shape[1]:]
                 n_tokens = int((new != tok.pad_token_id).sum())
             else:
-                rollout.prefill_cache = (lambda *a, **k: None) if name.endswith("padded") else grouped_prefill
+                prefill.prefill_cache = (lambda *a, **k: None) if name.endswith("padded") else grouped_prefill
                 try:
                     with autocast(model, "fp32" if name.endswith("fp32") else "bf16", sampling=True):
                         batch, _ = generate(model, tok, texts, settings, seed=r)
                 finally:
-                    rollout.prefill_cache = grouped_prefill
+                    prefill.prefill_cache = grouped_prefill
                 n_tokens = int(batch.response_mask.sum())
             if r:  # round 0 is a warm-up
                 speeds[name].append(n_tokens / (time.perf_counter() - t0))

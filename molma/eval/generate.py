@@ -63,7 +63,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str | Prompt], max_ne
     (:mod:`molma.models.precision`; bf16 / fp16 sample slightly different tokens than fp32).
     """
     from molma.models.precision import autocast
-    from molma.models.prefill import cache_argument, prefill_cache
+    from molma.models.prefill import prefilled
 
     check_generation(max_new_tokens, batch_size, do_sample, temperature, top_p)
     texts = _texts(prompts)
@@ -85,9 +85,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[str | Prompt], max_ne
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + b)
                 with autocast(model, precision, sampling=True):
-                    cache = prefill_cache(model, enc["input_ids"], enc["attention_mask"])  # by prompt length
                     seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                          **({cache_argument(model): cache} if cache is not None else {}),
+                                          **prefilled(model, enc["input_ids"], enc["attention_mask"]),  # by length
                                           **sampling)
             new = seqs[:, enc["input_ids"].shape[1]:]
             out.extend(s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True))

@@ -61,6 +61,13 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def prefilled(model, input_ids: Tensor, attention_mask: Tensor) -> dict:
+    """Keyword arguments for ``model.generate`` that hand it the prompt's cache built by :func:`prefill_cache`
+    (``{}`` when the padded batch's own prefill is as good); the one call site of the rollout and evaluation."""
+    cache = prefill_cache(model, input_ids, attention_mask)
+    return {} if cache is None else {cache_argument(model): cache}
+
+
 @torch.no_grad()
 def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tokens: int = GROUP_OVERHEAD_TOKENS,
                   max_groups: int = 4):
@@ -80,7 +87,7 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
         return None
     decoder = model.get_decoder()
     name = cache_argument(model)
-    parts: list[tuple[list[int], int, DynamicCache]] = []
+    parts: list[tuple[Tensor, int, DynamicCache]] = []  # (row indices, width, the group's cache)
     for rows in groups:
         width = max(lengths[r] for r in rows)
         if width == 0:
@@ -91,7 +98,7 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         group_cache = DynamicCache(config=config)
         decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: group_cache})
-        parts.append((rows, width, group_cache))
+        parts.append((idx, width, group_cache))
     # a layer that keeps fewer columns (a sliding window shorter than the prompt) or no key tensor (a recurrent
     # layer of a hybrid model) cannot be assembled this way: the padded prefill then
     if any(not isinstance(getattr(layer, "keys", None), torch.Tensor) or layer.keys.shape[-2] != width
@@ -100,12 +107,11 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
     full = DynamicCache(config=config)
     for layer in range(len(parts[-1][2].layers)):
         keys = values = None
-        for rows, width, group_cache in parts:
+        for idx, width, group_cache in parts:
             k, v = group_cache.layers[layer].keys, group_cache.layers[layer].values
             if keys is None:
                 keys = k.new_zeros((B, k.shape[1], P - 1, k.shape[3]))
                 values = v.new_zeros((B, v.shape[1], P - 1, v.shape[3]))
-            idx = torch.tensor(rows, device=k.device)
             keys[idx, :, P - 1 - width:] = k
             values[idx, :, P - 1 - width:] = v
         full.update(keys, values, layer)

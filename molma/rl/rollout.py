@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import LogitsProcessorList
 
-from molma.models.prefill import cache_argument, length_groups, prefill_cache
+from molma.models.prefill import length_groups, prefilled
 from molma.rl.sampling import RowSampler, row_seed
 
 if TYPE_CHECKING:
@@ -128,11 +128,11 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     stop_ids = _stop_ids(tokenizer, model)
     sampler = RowSampler([row_seed(seed, r) for r in rows], settings.temperature, settings.top_k,
                          settings.top_p) if settings.do_sample else None
-    # the prompt's cache by groups of similar length (molma.models.prefill); a sharded model keeps the padded prefill
-    cache = None if synced else prefill_cache(model, enc["input_ids"], enc["attention_mask"])
     out = model.generate(
         **enc,
-        **({cache_argument(model): cache} if cache is not None else {}),
+        # the prompt's cache by groups of similar length (molma.models.prefill); a sharded model keeps the padded
+        # prefill, in which every process takes part
+        **({} if synced else prefilled(model, enc["input_ids"], enc["attention_mask"])),
         max_new_tokens=settings.max_new_tokens,
         do_sample=False,  # greedy over the sampler's one surviving token = sampling (see molma.rl.sampling)
         logits_processor=LogitsProcessorList([sampler] if sampler is not None else []),

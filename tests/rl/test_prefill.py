@@ -87,7 +87,6 @@ def test_grouped_cache_matches_the_padded_prefill(tiny):
 def test_rollout_samples_what_the_padded_prefill_samples(tiny, monkeypatch, lora):
     """Seeded rollout (molma.rl.rollout.generate): same tokens and log-probs with and without the grouped
     prefill, on the plain model and under LoRA (peft, adapters moved off their zero start)."""
-    import molma.rl.rollout as rollout
     from molma.models.loading import apply_lora
 
     model, tok = tiny
@@ -105,9 +104,9 @@ def test_rollout_samples_what_the_padded_prefill_samples(tiny, monkeypatch, lora
         return cache
 
     gen = GenerationSettings(max_new_tokens=8)
-    monkeypatch.setattr(rollout, "prefill_cache", grouped_prefill)
+    monkeypatch.setattr(prefill, "prefill_cache", grouped_prefill)
     grouped, logp_grouped = generate(model, tok, PROMPTS, gen, seed=11)
-    monkeypatch.setattr(rollout, "prefill_cache", lambda *a, **k: None)
+    monkeypatch.setattr(prefill, "prefill_cache", lambda *a, **k: None)
     padded, logp_padded = generate(model, tok, PROMPTS, gen, seed=11)
     assert calls == [True]
     assert torch.equal(grouped.input_ids, padded.input_ids)
