@@ -1,12 +1,17 @@
-"""Prefill by prompt length: the prompt's KV cache built with one forward per group of similar lengths.
+"""Prefill by prompt length and shared prefix: the prompt's KV cache built with one forward per group of similar
+lengths, after the tokens every prompt shares.
 
 A left-padded batch of prompts costs a forward over ``rows x longest prompt`` tokens, most of it padding when
 the lengths differ (HH-RLHF red-teaming prompts run from ~15 to 96 tokens; on this CPU the prompt forward is
-compute-bound and was ~1 s of a 2.7 s rollout). :func:`prefill_cache` sorts the rows by length, splits them
-into the contiguous groups that minimise the padded tokens plus a fixed cost per extra forward
-(:func:`length_groups`), runs the decoder on each group at its own width, and assembles the left-padded cache
-that ``generate`` continues from. transformers' ``generate`` has no such option (its prefill is one forward
-over the padded batch, or fixed-size column chunks), so it lives here.
+compute-bound and was ~1 s of a 2.7 s rollout), and much of the rest is the same tokens in every row: a chat
+template's system prompt and role header (24 of the 39-46 tokens of SmolLM2's templated builtin prompts).
+:func:`prefill_cache` computes that shared prefix once (:func:`common_prefix_length`), sorts the rows by the
+length of what follows it, splits them into the contiguous groups that minimise the padded tokens plus a fixed
+cost per extra forward (:func:`length_groups`, :func:`prefill_plan`: the prefix is shared only when that is
+cheaper), runs the decoder on each group at its own width with the prefix's keys and values as its past, and
+assembles the left-padded cache that ``generate`` continues from. transformers' ``generate`` has neither option
+(its prefill is one forward over the padded batch, or fixed-size column chunks; prefix caching lives in serving
+engines such as vLLM and SGLang), so it lives here.
 
 Positions count real tokens only and padded keys are masked, so each row sees exactly what it would in the
 padded batch; only the floating-point rounding of differently shaped matrix products differs.
@@ -15,6 +20,7 @@ padded batch; only the floating-point rounding of differently shaped matrix prod
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -61,6 +67,55 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def common_prefix_length(input_ids: Tensor, attention_mask: Tensor) -> int:
+    """How many leading real tokens every row of a left-padded batch shares: a chat template's system prompt and
+    role header (24 of the 39-46 tokens of SmolLM2's templated builtin prompts)."""
+    lengths = attention_mask.sum(dim=1)
+    shortest = int(lengths.min()) if lengths.numel() else 0
+    if shortest == 0:
+        return 0
+    starts = input_ids.shape[1] - lengths  # each row's first real column
+    heads = input_ids.gather(1, starts[:, None] + torch.arange(shortest, device=input_ids.device))  # [B, shortest]
+    differ = (heads != heads[:1]).any(dim=0).nonzero()
+    return shortest if differ.numel() == 0 else int(differ[0])
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """How :func:`prefill_cache` builds a batch's cache: the first ``prefix`` real tokens of every row once (they
+    are the same tokens), then each group of rows (:func:`length_groups` of what follows the prefix) with one
+    forward at its own width."""
+
+    prefix: int
+    groups: list[list[int]]
+
+
+def _padded_cost(lengths: list[int], groups: list[list[int]], overhead_tokens: int) -> int:
+    return sum(len(g) * max(lengths[i] for i in g) + overhead_tokens for g in groups)
+
+
+def prefill_plan(lengths: list[int], prefix: int = 0, overhead_tokens: int = GROUP_OVERHEAD_TOKENS,
+                 max_groups: int = 4) -> PrefillPlan | None:
+    """The cheaper of two ways to build the cache of rows with ``lengths`` tokens (the columns before the last):
+    groups of similar length (:func:`length_groups`), or the ``prefix`` tokens every row shares computed once
+    (one row; ``prefix`` tokens plus one forward's overhead) and then groups of what follows it. Costs count
+    padded tokens plus ``overhead_tokens`` per forward; None when neither beats one forward over the padded batch
+    (what ``generate`` does itself)."""
+    if not lengths or max(lengths) == 0:
+        return None
+    padded = len(lengths) * max(lengths) + overhead_tokens
+    groups = length_groups(lengths, overhead_tokens, max_groups)
+    best_cost, best = _padded_cost(lengths, groups, overhead_tokens), PrefillPlan(0, groups)
+    prefix = min(prefix, min(lengths))
+    if prefix > 0:
+        rest = [n - prefix for n in lengths]
+        rest_groups = length_groups(rest, overhead_tokens, max_groups)
+        cost = prefix + overhead_tokens + _padded_cost(rest, rest_groups, overhead_tokens)
+        if cost < best_cost:
+            best_cost, best = cost, PrefillPlan(prefix, rest_groups)
+    return best if best_cost < padded else None
+
+
 def prefilled(model, input_ids: Tensor, attention_mask: Tensor) -> dict:
     """Keyword arguments for ``model.generate`` that hand it the prompt's cache built by :func:`prefill_cache`
     (``{}`` when the padded batch's own prefill is as good); the one call site of the rollout and evaluation."""
@@ -70,49 +125,77 @@ def prefilled(model, input_ids: Tensor, attention_mask: Tensor) -> dict:
 
 @torch.no_grad()
 def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tokens: int = GROUP_OVERHEAD_TOKENS,
-                  max_groups: int = 4):
+                  max_groups: int = 4, share_prefix: bool = True):
     """The KV cache (a ``DynamicCache``) of the first ``P - 1`` columns of a left-padded prompt batch
-    ``[B, P]``, built group by group (:func:`length_groups`); ``generate`` given it and the whole batch runs
-    the last column and decodes on. None when one group is best (the padded batch's own prefill is the same
-    work) or the model is not a plain decoder-only transformers model."""
+    ``[B, P]``, built as :func:`prefill_plan` says (the shared prefix once when ``share_prefix``, then one forward
+    per group of similar length); ``generate`` given it and the whole batch runs the last column and decodes on.
+    None when the padded batch's own prefill is as cheap or the model is not a plain decoder-only transformers
+    model."""
     from transformers import DynamicCache
 
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False) or not hasattr(model, "get_decoder"):
         return None
     B, P = input_ids.shape
-    lengths = [max(int(n) - 1, 0) for n in attention_mask.sum(dim=1).tolist()]  # real tokens before the last
-    groups = length_groups(lengths, overhead_tokens, max_groups)
-    if len(groups) <= 1 or P < 2:
+    if P < 2:
         return None
+    lengths = [max(int(n) - 1, 0) for n in attention_mask.sum(dim=1).tolist()]  # real tokens before the last
+    shared = common_prefix_length(input_ids[:, :P - 1], attention_mask[:, :P - 1]) if share_prefix else 0
+    plan = prefill_plan(lengths, shared, overhead_tokens, max_groups)
+    if plan is None:
+        return None
+    C, device = plan.prefix, input_ids.device
     decoder = model.get_decoder()
     name = cache_argument(model)
-    parts: list[tuple[Tensor, int, DynamicCache]] = []  # (row indices, width, the group's cache)
-    for rows in groups:
-        width = max(lengths[r] for r in rows)
+    prefix_cache = None
+    if C:  # the shared tokens, once: row 0's first C real tokens
+        first = P - 1 - lengths[0]
+        prefix_cache = DynamicCache(config=config)
+        decoder(input_ids=input_ids[:1, first:first + C], attention_mask=attention_mask.new_ones((1, C)),
+                position_ids=torch.arange(C, device=device)[None], use_cache=True, **{name: prefix_cache})
+    parts: list[tuple[Tensor, int, DynamicCache]] = []  # (row indices, width after the prefix, the group's cache)
+    for rows in plan.groups:
+        rest = torch.tensor([lengths[r] - C for r in rows], device=device)
+        width = int(rest.max())
         if width == 0:
-            continue  # one-token prompts: nothing before the last column
-        idx = torch.tensor(rows, device=input_ids.device)
-        ids = input_ids[idx, P - 1 - width:P - 1]
-        mask = attention_mask[idx, P - 1 - width:P - 1]
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            continue  # nothing after the prefix (or one-token prompts): the prefix, written below, is all
+        idx = torch.tensor(rows, device=device)
+        # the group's own columns: each row's tokens after the prefix, right-aligned (a row's earlier columns,
+        # padding or its part of the prefix, are masked)
+        mask = (torch.arange(width, device=device) >= width - rest[:, None]).to(attention_mask.dtype)
+        positions = C + (mask.long().cumsum(-1) - 1).clamp(min=0)
         group_cache = DynamicCache(config=config)
-        decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: group_cache})
+        if prefix_cache is not None:  # every row of the group attends to the shared prefix
+            for layer, cached in enumerate(prefix_cache.layers):
+                group_cache.update(cached.keys.expand(len(rows), -1, -1, -1),
+                                   cached.values.expand(len(rows), -1, -1, -1), layer)
+            mask = torch.cat([mask.new_ones((len(rows), C)), mask], dim=1)
+        decoder(input_ids=input_ids[idx, P - 1 - width:P - 1], attention_mask=mask, position_ids=positions,
+                use_cache=True, **{name: group_cache})
         parts.append((idx, width, group_cache))
     # a layer that keeps fewer columns (a sliding window shorter than the prompt) or no key tensor (a recurrent
     # layer of a hybrid model) cannot be assembled this way: the padded prefill then
-    if any(not isinstance(getattr(layer, "keys", None), torch.Tensor) or layer.keys.shape[-2] != width
-           for _, width, group_cache in parts for layer in group_cache.layers):
+    caches = [(C + width, group_cache) for _, width, group_cache in parts]
+    if prefix_cache is not None:
+        caches.append((C, prefix_cache))
+    if not caches or any(not isinstance(getattr(layer, "keys", None), torch.Tensor) or layer.keys.shape[-2] != n
+                         for n, cache in caches for layer in cache.layers):
         return None
+    # each row's columns end at P - 1: [padding | prefix | its own tokens]
+    starts = torch.tensor([P - 1 - n for n in lengths], device=device)
+    prefix_columns = starts[:, None] + torch.arange(C, device=device)  # [B, C]
     full = DynamicCache(config=config)
-    for layer in range(len(parts[-1][2].layers)):
-        keys = values = None
-        for idx, width, group_cache in parts:
-            k, v = group_cache.layers[layer].keys, group_cache.layers[layer].values
-            if keys is None:
-                keys = k.new_zeros((B, k.shape[1], P - 1, k.shape[3]))
-                values = v.new_zeros((B, v.shape[1], P - 1, v.shape[3]))
-            keys[idx, :, P - 1 - width:] = k
-            values[idx, :, P - 1 - width:] = v
-        full.update(keys, values, layer)
+    for layer in range(len(caches[0][1].layers)):
+        assembled = []
+        for tensors in ("keys", "values"):
+            t0 = getattr(caches[0][1].layers[layer], tensors)
+            out = t0.new_zeros((B, t0.shape[1], P - 1, t0.shape[3]))
+            for idx, width, group_cache in parts:  # the groups' blocks (their masked columns land on padding or
+                out[idx, :, P - 1 - width:] = getattr(group_cache.layers[layer], tensors)[:, :, C:]  # the prefix)
+            if prefix_cache is not None:
+                shared_block = getattr(prefix_cache.layers[layer], tensors)  # [1, heads, C, head dim]
+                index = prefix_columns[:, None, :, None].expand(B, out.shape[1], C, out.shape[3])
+                out.scatter_(2, index, shared_block.expand(B, -1, -1, -1))
+            assembled.append(out)
+        full.update(*assembled, layer)
     return full

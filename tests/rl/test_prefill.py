@@ -1,5 +1,6 @@
-"""Prefill by prompt length (molma.models.prefill): the grouping is the cheapest, and generation from the grouped
-cache samples what the padded batch's own prefill samples."""
+"""Prefill by prompt length and shared prefix (molma.models.prefill): the grouping is the cheapest, the plan the
+cheaper of grouping with and without the shared prefix, and generation from the assembled cache samples what the
+padded batch's own prefill samples."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from molma.eval.generate import generate_responses
 from molma.models import LoraSettings, prefill, tiny_llama
-from molma.models.prefill import length_groups, prefill_cache
+from molma.models.prefill import PrefillPlan, common_prefix_length, length_groups, prefill_cache, prefill_plan
 from molma.rl.rollout import GenerationSettings, generate, tokenize_prompts
 
 
@@ -54,9 +55,37 @@ def test_grouping_is_the_cheapest_contiguous_split(lengths, overhead, max_groups
     assert _cost(lengths, groups, overhead) == best
 
 
+def test_common_prefix_of_a_left_padded_batch():
+    pad = 0
+    ids = torch.tensor([[pad, pad, 5, 6, 7, 8],
+                        [5, 6, 7, 9, 9, 9],
+                        [pad, 5, 6, 7, 8, 1]])
+    mask = (ids != pad).long()
+    assert common_prefix_length(ids, mask) == 3  # 5 6 7, then 8 / 9 / 8
+    assert common_prefix_length(ids[1:2], mask[1:2]) == 6  # one row: all of it
+    assert common_prefix_length(torch.tensor([[1, 2], [3, 2]]), torch.ones(2, 2, dtype=torch.long)) == 0
+
+
+def test_plan_shares_the_prefix_only_when_cheaper():
+    # padded: 4 x 30 + 16 = 136 tokens; groups: the same (equal lengths); the prefix of 20 once, then 4 x 10:
+    # 20 + 16 + 4 x 10 + 16 = 92
+    assert prefill_plan([30, 30, 30, 30], prefix=20, overhead_tokens=16) == PrefillPlan(20, [[0, 1, 2, 3]])
+    assert prefill_plan([30, 30, 30, 30], prefix=0, overhead_tokens=16) is None  # nothing beats the padded batch
+    # a short prefix does not pay for its forward: 2 + 16 + 4 x 28 + 16 = 146 > 136
+    assert prefill_plan([30, 30, 30, 30], prefix=2, overhead_tokens=16) is None
+    # the prefix is capped by the shortest row; grouping what follows it: 10 + 16 + (2 x 0 + 16) + (2 x 40 + 16)
+    # = 138 against groups without it (2 x 10 + 16 + 2 x 50 + 16 = 152) and the padded batch (4 x 50 + 16 = 216)
+    assert prefill_plan([10, 50, 10, 50], prefix=12, overhead_tokens=16) == PrefillPlan(10, [[0, 2], [1, 3]])
+    assert prefill_plan([], prefix=0) is None and prefill_plan([0, 0], prefix=0) is None
+
+
 PROMPTS = ["Hi", "Tell me a long story about a dragon who guards a library of ancient maps and secret books",
            "What is 2 + 2?", "Explain, step by step and with care, how a bicycle's gears let a rider climb hills",
            "Name a colour", "Why?"]
+
+
+# what a chat template does: every prompt opens with the same system text
+SHARED = ["You are a careful assistant who answers briefly. " + p for p in PROMPTS]
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +94,18 @@ def tiny():
     return model, tok
 
 
-def test_grouped_cache_matches_the_padded_prefill(tiny):
-    """The assembled cache holds the same keys and values as the padded batch's own forward on real tokens."""
+@pytest.mark.parametrize("prompts", [PROMPTS, SHARED], ids=["lengths", "shared-prefix"])
+def test_grouped_cache_matches_the_padded_prefill(tiny, prompts):
+    """The assembled cache holds the same keys and values as the padded batch's own forward on real tokens, built
+    by length groups alone or from the shared prefix computed once."""
     model, tok = tiny
-    enc = tokenize_prompts(tok, PROMPTS, 256)
+    enc = tokenize_prompts(tok, prompts, 256)
+    P = enc["input_ids"].shape[1]
+    shared = common_prefix_length(enc["input_ids"][:, :P - 1], enc["attention_mask"][:, :P - 1])
+    lengths = [int(n) - 1 for n in enc["attention_mask"].sum(dim=1)]
+    assert (prefill_plan(lengths, shared, overhead_tokens=0).prefix > 0) == (prompts is SHARED)
     cache = prefill_cache(model, enc["input_ids"], enc["attention_mask"], overhead_tokens=0)
     assert cache is not None
-    P = enc["input_ids"].shape[1]
     ids, mask = enc["input_ids"][:, :P - 1], enc["attention_mask"][:, :P - 1]
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     plain = out.past_key_values if hasattr(out, "past_key_values") else out.cache
@@ -83,10 +117,12 @@ def test_grouped_cache_matches_the_padded_prefill(tiny):
             torch.testing.assert_close(a * real, b * real, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("prompts", [PROMPTS, SHARED], ids=["lengths", "shared-prefix"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_rollout_samples_what_the_padded_prefill_samples(tiny, monkeypatch, lora):
+def test_rollout_samples_what_the_padded_prefill_samples(tiny, monkeypatch, lora, prompts):
     """Seeded rollout (molma.rl.rollout.generate): same tokens and log-probs with and without the grouped
-    prefill, on the plain model and under LoRA (peft, adapters moved off their zero start)."""
+    prefill (by length, or the shared prefix first), on the plain model and under LoRA (peft, adapters moved off
+    their zero start)."""
     from molma.models.loading import apply_lora
 
     model, tok = tiny
@@ -105,19 +141,20 @@ def test_rollout_samples_what_the_padded_prefill_samples(tiny, monkeypatch, lora
 
     gen = GenerationSettings(max_new_tokens=8)
     monkeypatch.setattr(prefill, "prefill_cache", grouped_prefill)
-    grouped, logp_grouped = generate(model, tok, PROMPTS, gen, seed=11)
+    grouped, logp_grouped = generate(model, tok, prompts, gen, seed=11)
     monkeypatch.setattr(prefill, "prefill_cache", lambda *a, **k: None)
-    padded, logp_padded = generate(model, tok, PROMPTS, gen, seed=11)
+    padded, logp_padded = generate(model, tok, prompts, gen, seed=11)
     assert calls == [True]
     assert torch.equal(grouped.input_ids, padded.input_ids)
     torch.testing.assert_close(logp_grouped, logp_padded, atol=1e-5, rtol=1e-5)
 
 
-def test_evaluation_generation_is_unchanged_by_grouping(tiny, monkeypatch):
+@pytest.mark.parametrize("prompts", [PROMPTS, SHARED], ids=["lengths", "shared-prefix"])
+def test_evaluation_generation_is_unchanged_by_grouping(tiny, monkeypatch, prompts):
     model, tok = tiny
     real, calls = prefill_cache, []
     monkeypatch.setattr(prefill, "prefill_cache", lambda *a, **k: None)
-    padded = generate_responses(model, tok, PROMPTS, max_new_tokens=8, seed=5, batch_size=6, progress=False)
+    padded = generate_responses(model, tok, prompts, max_new_tokens=8, seed=5, batch_size=6, progress=False)
 
     def grouped_prefill(*args, **kwargs):
         cache = real(*args, overhead_tokens=0)
@@ -125,7 +162,7 @@ def test_evaluation_generation_is_unchanged_by_grouping(tiny, monkeypatch):
         return cache
 
     monkeypatch.setattr(prefill, "prefill_cache", grouped_prefill)
-    grouped = generate_responses(model, tok, PROMPTS, max_new_tokens=8, seed=5, batch_size=6, progress=False)
+    grouped = generate_responses(model, tok, prompts, max_new_tokens=8, seed=5, batch_size=6, progress=False)
     assert calls == [True] and grouped == padded
 
 
