@@ -108,7 +108,8 @@ def generation_speed(args) -> dict:
     trainer's policy: SmolLM2 with LoRA adapters (r 8) on a frozen base. (Until 2026-12 this part timed the
     bare model, whose weights all require grad, so autocast cached their bf16 casts; the trainer's frozen
     base was re-cast at every token, and its bf16 rollouts were no faster than fp32.) ``molma_rollout_bf16_padded``
-    is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.models.prefill)."""
+    is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.models.prefill),
+    ``molma_rollout_bf16_groups`` with the prefill by length groups but without the shared prefix (session 13's)."""
     import molma.models.prefill as prefill
     from molma.data.chat import render_prompt
     from molma.models import load_model
@@ -123,7 +124,7 @@ def generation_speed(args) -> dict:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, max_prompt_tokens=enc["input_ids"].shape[1])
     grouped_prefill = prefill.prefill_cache
     speeds: dict[str, list[float]] = {"hf_generate_fp32": [], "molma_rollout_bf16": [], "molma_rollout_fp32": [],
-                                      "molma_rollout_bf16_padded": []}
+                                      "molma_rollout_bf16_padded": [], "molma_rollout_bf16_groups": []}
     for r in range(args.rounds + 1):
         for name in list(speeds) if r % 2 == 0 else list(speeds)[::-1]:
             t0 = time.perf_counter()
@@ -135,7 +136,9 @@ def generation_speed(args) -> dict:
                 new = out[:, enc["input_ids"].shape[1]:]
                 n_tokens = int((new != tok.pad_token_id).sum())
             else:
-                prefill.prefill_cache = (lambda *a, **k: None) if name.endswith("padded") else grouped_prefill
+                prefill.prefill_cache = ((lambda *a, **k: None) if name.endswith("padded") else
+                                         (lambda *a, **k: grouped_prefill(*a, share_prefix=False, **k))
+                                         if name.endswith("groups") else grouped_prefill)
                 try:
                     with autocast(model, "fp32" if name.endswith("fp32") else "bf16", sampling=True):
                         batch, _ = generate(model, tok, texts, settings, seed=r)
@@ -149,6 +152,8 @@ def generation_speed(args) -> dict:
             "ratio_molma_bf16_to_hf_fp32": round(med["molma_rollout_bf16"] / med["hf_generate_fp32"], 3),
             "ratio_grouped_to_padded_prefill_bf16": round(med["molma_rollout_bf16"]
                                                           / med["molma_rollout_bf16_padded"], 3),
+            "ratio_shared_prefix_to_groups_only_bf16": round(med["molma_rollout_bf16"]
+                                                             / med["molma_rollout_bf16_groups"], 3),
             "prompts": args.prompts, "prompt_tokens": {"min": min(lengths), "max": max(lengths),
                                                        "mean": round(sum(lengths) / len(lengths), 1)},
             "batch": args.experience, "max_new_tokens": args.max_new_tokens, "model": "SmolLM2-135M + LoRA r 8"}

@@ -116,6 +116,52 @@ def prefill_plan(lengths: list[int], prefix: int = 0, overhead_tokens: int = GRO
     return best if best_cost < padded else None
 
 
+def shares_prefix(model) -> bool:
+    """Whether computing a shared prefix once gives every row what its own forward would: not while a dropout
+    is active (each row draws its own noise; a shared prefix would share it)."""
+    if not model.training:
+        return True
+    config = getattr(model, "config", None)
+    if float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0:
+        return False
+    return not any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in model.modules())
+
+
+class SharedPrefix:
+    """The keys and values of the prompt tokens every row of a batch shares (:func:`common_prefix_length`),
+    computed once by ``model``'s decoder on one row; :meth:`inputs` gives the model arguments of rows that continue
+    after it. Gradients flow into the prefix's forward when enabled (its keys and values serve every row)."""
+
+    def __init__(self, model, prefix_ids: Tensor):
+        from transformers import DynamicCache
+
+        self.length = prefix_ids.shape[-1]
+        self.config = model.config
+        self.argument = cache_argument(model)
+        self.cache = DynamicCache(config=self.config)
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        decoder(input_ids=prefix_ids.view(1, -1), attention_mask=torch.ones_like(prefix_ids.view(1, -1)),
+                position_ids=torch.arange(self.length, device=prefix_ids.device)[None], use_cache=True,
+                **{self.argument: self.cache})
+
+    def expanded(self, rows: int):
+        """A fresh cache holding the prefix for ``rows`` rows (views until a forward appends to it)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.config)
+        for layer, cached in enumerate(self.cache.layers):
+            cache.update(cached.keys.expand(rows, -1, -1, -1), cached.values.expand(rows, -1, -1, -1), layer)
+        return cache
+
+    def inputs(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> dict:
+        """Model arguments for rows whose tokens ``input_ids`` (mask, positions counted from 0) follow the prefix:
+        the prefix's columns prepended to the mask, positions after it, and its keys and values as the past."""
+        rows = input_ids.shape[0]
+        return {"input_ids": input_ids,
+                "attention_mask": torch.cat([attention_mask.new_ones((rows, self.length)), attention_mask], dim=1),
+                "position_ids": position_ids + self.length, self.argument: self.expanded(rows)}
+
+
 def prefilled(model, input_ids: Tensor, attention_mask: Tensor) -> dict:
     """Keyword arguments for ``model.generate`` that hand it the prompt's cache built by :func:`prefill_cache`
     (``{}`` when the padded batch's own prefill is as good); the one call site of the rollout and evaluation."""
@@ -145,14 +191,13 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
     if plan is None:
         return None
     C, device = plan.prefix, input_ids.device
-    decoder = model.get_decoder()
     name = cache_argument(model)
-    prefix_cache = None
+    prefix = None
     if C:  # the shared tokens, once: row 0's first C real tokens
         first = P - 1 - lengths[0]
-        prefix_cache = DynamicCache(config=config)
-        decoder(input_ids=input_ids[:1, first:first + C], attention_mask=attention_mask.new_ones((1, C)),
-                position_ids=torch.arange(C, device=device)[None], use_cache=True, **{name: prefix_cache})
+        prefix = SharedPrefix(model, input_ids[0, first:first + C])
+    prefix_cache = None if prefix is None else prefix.cache
+    decoder = model.get_decoder()
     parts: list[tuple[Tensor, int, DynamicCache]] = []  # (row indices, width after the prefix, the group's cache)
     for rows in plan.groups:
         rest = torch.tensor([lengths[r] - C for r in rows], device=device)
@@ -163,16 +208,15 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
         # the group's own columns: each row's tokens after the prefix, right-aligned (a row's earlier columns,
         # padding or its part of the prefix, are masked)
         mask = (torch.arange(width, device=device) >= width - rest[:, None]).to(attention_mask.dtype)
-        positions = C + (mask.long().cumsum(-1) - 1).clamp(min=0)
-        group_cache = DynamicCache(config=config)
-        if prefix_cache is not None:  # every row of the group attends to the shared prefix
-            for layer, cached in enumerate(prefix_cache.layers):
-                group_cache.update(cached.keys.expand(len(rows), -1, -1, -1),
-                                   cached.values.expand(len(rows), -1, -1, -1), layer)
-            mask = torch.cat([mask.new_ones((len(rows), C)), mask], dim=1)
-        decoder(input_ids=input_ids[idx, P - 1 - width:P - 1], attention_mask=mask, position_ids=positions,
-                use_cache=True, **{name: group_cache})
-        parts.append((idx, width, group_cache))
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        ids = input_ids[idx, P - 1 - width:P - 1]
+        if prefix is not None:  # every row of the group attends to the shared prefix
+            inputs = prefix.inputs(ids, mask, positions)
+        else:
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                      name: DynamicCache(config=config)}
+        decoder(**inputs, use_cache=True)
+        parts.append((idx, width, inputs[name]))
     # a layer that keeps fewer columns (a sliding window shorter than the prompt) or no key tensor (a recurrent
     # layer of a hybrid model) cannot be assembled this way: the padded prefill then
     caches = [(C + width, group_cache) for _, width, group_cache in parts]

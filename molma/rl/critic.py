@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from molma.rl.rollout import Batch, by_prompt_length
+from molma.rl.rollout import Batch, by_prompt_length, model_inputs
 
 
 class ValueHeads(nn.Module):
@@ -61,16 +61,16 @@ class Critic(nn.Module):
 
     def forward(self, batch: Batch, reference_hidden: Tensor | None = None, by_length: bool = True) -> Tensor:
         """Values [K, B, T] at the positions that predict each response token. ``by_length``: a trainable
-        backbone runs one forward per group of similar prompt lengths (molma.rl.rollout.by_prompt_length)."""
+        backbone computes the prompt tokens every row shares once and runs one forward per group of similar prompt
+        lengths (molma.rl.rollout.by_prompt_length)."""
         if self.backbone is None:
             if reference_hidden is None:
                 raise ValueError("a frozen-backbone critic needs the reference model's hidden states")
             return self.heads(reference_hidden.detach()) * batch.response_mask
-        return by_prompt_length(batch, self._backbone_values, by_length, batch_dim=1)
+        return by_prompt_length(batch, self._backbone_values, by_length, batch_dim=1, model=self.backbone)
 
-    def _backbone_values(self, batch: Batch) -> Tensor:
-        out = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, use_cache=False)
+    def _backbone_values(self, batch: Batch, prefix=None) -> Tensor:
+        out = self.backbone(**model_inputs(batch, prefix), use_cache=False)
         T = batch.response_mask.shape[1]
         hidden = out.last_hidden_state[:, batch.prompt_len - 1:batch.prompt_len - 1 + T]
         return self.heads(hidden) * batch.response_mask

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import LogitsProcessorList
 
-from molma.models.prefill import length_groups, prefilled
+from molma.models.prefill import SharedPrefix, common_prefix_length, prefill_plan, prefilled, shares_prefix
 from molma.rl.sampling import RowSampler, row_seed
 
 if TYPE_CHECKING:
@@ -65,6 +65,19 @@ class Batch:
         start = self.prompt_len - width
         return Batch(self.input_ids[:, start:], self.attention_mask[:, start:], width, self.response_mask)
 
+    def after_prefix(self, n: int) -> Batch:
+        """The same sequences without each row's first ``n`` real prompt tokens (a prefix every row shares, whose
+        keys and values :class:`molma.models.prefill.SharedPrefix` computes once), cropped to the longest prompt
+        left (at least one column). Positions then count from the first token after the prefix."""
+        P = self.prompt_len
+        lengths = self.attention_mask[:, :P].sum(dim=1)
+        mask = self.attention_mask.clone()
+        if n:
+            first_kept = (P - lengths + n)[:, None]  # each row's first real column after the prefix
+            mask[:, :P] *= (torch.arange(P, device=mask.device) >= first_kept).to(mask.dtype)
+        width = max(int((lengths - n).max()) if lengths.numel() else 0, 1)
+        return Batch(self.input_ids[:, P - width:], mask[:, P - width:], width, self.response_mask)
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.prompt_len,
                      self.response_mask.to(device))
@@ -107,7 +120,7 @@ def tokenize_prompts(tokenizer, texts: list[str], max_prompt_tokens: int) -> dic
 
 @torch.no_grad()
 def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, seed: int,
-             rows: list[int] | None = None, synced: bool = False) -> tuple[Batch, Tensor]:
+             rows: list[int] | None = None, synced: bool = False, by_length: bool = True) -> tuple[Batch, Tensor]:
     """Sample one response per prompt text (already chat-templated). Returns the batch layout and the
     sampling policy's log-probabilities [B, T] of the sampled tokens, from the raw logits of each decoding step
     (kept by the sampler; no second forward pass).
@@ -117,7 +130,10 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
     single process holding all 64 rows draws for them.
 
     ``synced``: every process of a sharded (FSDP) model must take part in every forward pass, so the
-    processes keep decoding until all of them are done (transformers' ``synced_gpus``)."""
+    processes keep decoding until all of them are done (transformers' ``synced_gpus``).
+
+    ``by_length``: the prompt's cache built after the shared prefix and by groups of similar length
+    (:mod:`molma.models.prefill`; off for a sharded model, whose blocks run only inside its root's forward)."""
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in tokenize_prompts(tokenizer, texts, settings.max_prompt_tokens).items()}
     rows = list(range(len(texts))) if rows is None else rows
@@ -130,9 +146,9 @@ def generate(model, tokenizer, texts: list[str], settings: GenerationSettings, s
                          settings.top_p) if settings.do_sample else None
     out = model.generate(
         **enc,
-        # the prompt's cache by groups of similar length (molma.models.prefill); a sharded model keeps the padded
-        # prefill, in which every process takes part
-        **({} if synced else prefilled(model, enc["input_ids"], enc["attention_mask"])),
+        # the prompt's cache after the shared prefix, by groups of similar length (molma.models.prefill); a sharded
+        # model keeps the padded prefill
+        **(prefilled(model, enc["input_ids"], enc["attention_mask"]) if by_length and not synced else {}),
         max_new_tokens=settings.max_new_tokens,
         do_sample=False,  # greedy over the sampler's one surviving token = sampling (see molma.rl.sampling)
         logits_processor=LogitsProcessorList([sampler] if sampler is not None else []),
@@ -193,27 +209,45 @@ def sequence_logprobs(model, batch: Batch, return_hidden: bool = False, by_lengt
     """log pi(a_t | s_t) of the response tokens [B, T] (grad flows if enabled), and optionally the last
     hidden states at the positions that predict them [B, T, H] (used by a frozen-backbone critic).
 
-    ``by_length``: one forward per group of rows with similar prompt lengths, each cropped to its own longest
-    prompt (:func:`molma.models.prefill.length_groups`), instead of one over the batch padded to the longest; the
-    rows' results are the same up to rounding. Off for sharded (FSDP) models, whose processes must run the
-    same forwards."""
-    return by_prompt_length(batch, lambda part: _sequence_logprobs(model, part, return_hidden), by_length)
+    ``by_length``: the prompt tokens every row shares computed once and one forward per group of rows with similar
+    prompt lengths, each cropped to its own longest prompt (:func:`by_prompt_length`), instead of one over the
+    batch padded to the longest; the rows' results are the same up to rounding. Off for sharded (FSDP) models,
+    whose processes must run the same forwards."""
+    return by_prompt_length(batch, lambda part, prefix: _sequence_logprobs(model, part, return_hidden, prefix),
+                            by_length, model=model)
 
 
-def by_prompt_length(batch: Batch, forward: Callable[[Batch], Any], enabled: bool = True, batch_dim: int = 0):
-    """``forward(batch)`` run once per group of rows with similar prompt lengths
-    (:func:`molma.models.prefill.length_groups`), each group cropped to its own longest prompt, and the results
-    put back in row order along ``batch_dim``. ``forward`` returns a tensor or a tuple of tensors (or None);
-    per-row results must not depend on the prompt's padding (true of a forward that masks it and counts
-    positions from the first real token). ``enabled=False``, or a single group: one call on the whole batch."""
-    groups = length_groups(batch.prompt_lengths) if enabled else []
-    if len(groups) <= 1:
-        return forward(batch)
+def by_prompt_length(batch: Batch, forward: Callable[[Batch, SharedPrefix | None], Any], enabled: bool = True,
+                     batch_dim: int = 0, model=None):
+    """``forward(part, prefix)`` run once per group of rows with similar prompt lengths, each group cropped to its
+    own longest prompt, and the results put back in row order along ``batch_dim``; the plan (groups, shared
+    prefix) is :func:`molma.models.prefill.prefill_plan`'s. ``model``: the model ``forward`` runs; given it, the
+    prompt tokens every row shares (a chat template's system prompt) are computed once
+    (:class:`molma.models.prefill.SharedPrefix`, where :func:`molma.models.prefill.shares_prefix` allows it) and
+    each group's ``part`` holds only what follows them, ``prefix`` their keys and values (else None).
+    ``forward`` returns a tensor or a tuple of tensors (or None); per-row results must not depend on the prompt's
+    padding (true of a forward that masks it and counts positions from the first real token). ``enabled=False``,
+    or nothing to gain: one call on the whole batch."""
+    if not enabled:
+        return forward(batch, None)
+    P, lengths = batch.prompt_len, batch.prompt_lengths
+    shared = 0
+    if model is not None and lengths and shares_prefix(model):
+        # every row keeps at least its last prompt token: its position predicts the response's first
+        shared = max(min(common_prefix_length(batch.input_ids[:, :P], batch.attention_mask[:, :P]),
+                         min(lengths) - 1), 0)
+    plan = prefill_plan(lengths, shared)
+    if plan is None:
+        return forward(batch, None)
+    prefix = None
+    if plan.prefix:
+        first = P - lengths[0]
+        prefix = SharedPrefix(model, batch.input_ids[0, first:first + plan.prefix])
     outputs = []
-    for rows in groups:
-        part = batch.select(torch.tensor(rows, device=batch.input_ids.device))
-        outputs.append(forward(part.crop_prompt(max(max(part.prompt_lengths), 1))))
-    inverse = torch.argsort(torch.tensor([r for rows in groups for r in rows]))
+    for rows in plan.groups:
+        outputs.append(forward(batch.select(torch.tensor(rows, device=batch.input_ids.device))
+                               .after_prefix(plan.prefix), prefix))
+    inverse = torch.argsort(torch.tensor([r for rows in plan.groups for r in rows]))
 
     def join(parts: list[Tensor | None]) -> Tensor | None:
         if parts[0] is None:
@@ -225,12 +259,20 @@ def by_prompt_length(batch: Batch, forward: Callable[[Batch], Any], enabled: boo
     return join(outputs)
 
 
-def _sequence_logprobs(model, batch: Batch, return_hidden: bool) -> tuple[Tensor, Tensor | None]:
+def model_inputs(batch: Batch, prefix: SharedPrefix | None = None) -> dict:
+    """The model arguments of ``batch`` (ids, mask, positions counted from each row's first real token), after
+    ``prefix``'s tokens when given."""
+    if prefix is None:
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                "position_ids": batch.position_ids}
+    return prefix.inputs(batch.input_ids, batch.attention_mask, batch.position_ids)
+
+
+def _sequence_logprobs(model, batch: Batch, return_hidden: bool, prefix: SharedPrefix | None = None
+                       ) -> tuple[Tensor, Tensor | None]:
     T = batch.response_mask.shape[1]
     out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
+        **model_inputs(batch, prefix),
         output_hidden_states=return_hidden,
         logits_to_keep=T + 1,
         use_cache=False,

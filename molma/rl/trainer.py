@@ -228,8 +228,9 @@ class MultiObjectiveTrainer:
 
     @property
     def _by_length(self) -> bool:
-        """Forwards by groups of similar prompt length (molma.rl.rollout.sequence_logprobs), except for sharded
-        models: every process must run the same forwards."""
+        """Forwards after the shared prompt prefix, by groups of similar prompt length (molma.rl.rollout
+        .sequence_logprobs, the rollout's prefill), except for sharded models: every process must run the same
+        forwards, and an FSDP2 block cannot run outside the root module's forward."""
         return not self.layout.shards_parameters
 
     def _reference_logprobs(self, batch: Batch, hidden: bool) -> tuple[Tensor, Tensor | None]:
@@ -258,7 +259,7 @@ class MultiObjectiveTrainer:
         with self.layout.generating(self.policy), autocast(self.policy, self.precision, sampling=True):
             batch, logp_old = generate(self.policy, self.tokenizer, texts, self.gen,
                                        seed=iteration_seed(cfg.seed, SAMPLING_SEED_MULTIPLIER, iteration), rows=rows,
-                                       synced=self.layout.synced_generation)
+                                       synced=self.layout.synced_generation, by_length=self._by_length)
         responses = self.tokenizer.batch_decode(
             batch.response_ids.masked_fill(batch.response_mask == 0, self.tokenizer.pad_token_id),
             skip_special_tokens=True)

@@ -166,13 +166,21 @@ def test_evaluation_generation_is_unchanged_by_grouping(tiny, monkeypatch, promp
     assert calls == [True] and grouped == padded
 
 
-def test_training_forward_by_length_matches_the_padded_forward(tiny):
-    """sequence_logprobs by prompt-length groups: the same log-probs, hidden states and gradients as the one
-    forward over the padded batch (rows come back in their order)."""
+def _plan_of(batch):
+    P = batch.prompt_len
+    shared = common_prefix_length(batch.input_ids[:, :P], batch.attention_mask[:, :P])
+    return prefill_plan(batch.prompt_lengths, min(shared, min(batch.prompt_lengths) - 1))
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, SHARED], ids=["lengths", "shared-prefix"])
+def test_training_forward_by_length_matches_the_padded_forward(tiny, prompts):
+    """sequence_logprobs by prompt-length groups (after the shared prefix, computed once, when the prompts have
+    one): the same log-probs, hidden states and gradients as the one forward over the padded batch (rows come
+    back in their order)."""
     from molma.rl.rollout import batch_from_ids, sequence_logprobs
 
     model, tok = tiny
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     response_ids = [[11, 12, 13], [14, 15], [16, 17, 18, 19], [20], [21, 22], [23, 24, 25]]
     batch = batch_from_ids(prompt_ids, response_ids, tok.pad_token_id)
     results = {}
@@ -183,15 +191,18 @@ def test_training_forward_by_length_matches_the_padded_forward(tiny):
         grads = [p.grad.clone() for p in model.parameters()]
         results[by_length] = (logp.detach(), hidden.detach(), grads)
     model.zero_grad()
-    assert len(length_groups(batch.prompt_lengths)) > 1  # the grouped path ran
+    plan = _plan_of(batch)  # the path under test ran
+    assert plan is not None and len(plan.groups) > 1 and (plan.prefix > 0) == (prompts is SHARED)
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[True][2], results[False][2]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_trainable_critic_by_length_matches_the_padded_forward(tiny):
-    """A trainable-backbone critic's values [K, B, T] and their gradients, by prompt-length groups and padded."""
+@pytest.mark.parametrize("prompts", [PROMPTS, SHARED], ids=["lengths", "shared-prefix"])
+def test_trainable_critic_by_length_matches_the_padded_forward(tiny, prompts):
+    """A trainable-backbone critic's values [K, B, T] and their gradients, by prompt-length groups (after the
+    shared prefix when there is one) and padded."""
     from molma.rl.critic import Critic
     from molma.rl.rollout import batch_from_ids
 
@@ -199,9 +210,10 @@ def test_trainable_critic_by_length_matches_the_padded_forward(tiny):
     critic = Critic.from_reference(model, num_objectives=2, backbone="trainable")
     with torch.no_grad():
         critic.heads.linear.weight.normal_(0, 1.0)  # zero-initialised heads would make every value 0
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     batch = batch_from_ids(prompt_ids, [[11, 12], [13], [14, 15, 16], [17], [18, 19], [20]], tok.pad_token_id)
-    assert len(length_groups(batch.prompt_lengths)) > 1
+    plan = _plan_of(batch)
+    assert plan is not None and (plan.prefix > 0) == (prompts is SHARED)
     results = {}
     for by_length in (False, True):
         critic.zero_grad()
@@ -212,3 +224,25 @@ def test_trainable_critic_by_length_matches_the_padded_forward(tiny):
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[True][1], results[False][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_active_dropout_keeps_each_rows_own_prefix(tiny):
+    """A shared prefix would share its dropout noise across rows: not while a dropout is active."""
+    from molma.models.loading import apply_lora
+    from molma.models.prefill import shares_prefix
+
+    model, _ = tiny
+    assert shares_prefix(model.train()) and shares_prefix(model.eval())
+    dropped = apply_lora(tiny_llama(seed=3)[0], LoraSettings(r=4, alpha=8, dropout=0.1))
+    assert not shares_prefix(dropped.train()) and shares_prefix(dropped.eval())
+
+
+def test_after_prefix_keeps_what_follows_the_shared_tokens():
+    from molma.rl.rollout import batch_from_ids
+
+    batch = batch_from_ids([[1, 2, 3, 4], [1, 2, 5]], [[9], [8, 7]], pad_id=0)
+    part = batch.after_prefix(2)
+    # row 0 keeps 3 4; row 1 keeps 5, its masked column holding part of the prefix
+    assert part.prompt_len == 2 and part.input_ids.tolist() == [[3, 4, 9, 0], [2, 5, 8, 7]]
+    assert part.attention_mask.tolist() == [[1, 1, 1, 0], [0, 1, 1, 1]]
+    assert part.position_ids[:, :3].tolist() == [[0, 1, 2], [0, 0, 1]]
