@@ -67,17 +67,23 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def shared_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens all ``sequences`` share."""
+    if not sequences:
+        return 0
+    n = min(len(seq) for seq in sequences)
+    first = sequences[0]
+    for seq in sequences[1:]:
+        n = next((i for i in range(n) if seq[i] != first[i]), n)
+    return n
+
+
 def common_prefix_length(input_ids: Tensor, attention_mask: Tensor) -> int:
     """How many leading real tokens every row of a left-padded batch shares: a chat template's system prompt and
     role header (24 of the 39-46 tokens of SmolLM2's templated builtin prompts)."""
-    lengths = attention_mask.sum(dim=1)
-    shortest = int(lengths.min()) if lengths.numel() else 0
-    if shortest == 0:
-        return 0
-    starts = input_ids.shape[1] - lengths  # each row's first real column
-    heads = input_ids.gather(1, starts[:, None] + torch.arange(shortest, device=input_ids.device))  # [B, shortest]
-    differ = (heads != heads[:1]).any(dim=0).nonzero()
-    return shortest if differ.numel() == 0 else int(differ[0])
+    lengths = attention_mask.sum(dim=1).tolist()
+    P = input_ids.shape[1]
+    return shared_prefix_length([row[P - n:] for row, n in zip(input_ids.tolist(), lengths)])
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,12 @@ def prefill_plan(lengths: list[int], prefix: int = 0, overhead_tokens: int = GRO
 
 
 def shares_prefix(model) -> bool:
-    """Whether computing a shared prefix once gives every row what its own forward would: not while a dropout
-    is active (each row draws its own noise; a shared prefix would share it)."""
+    """Whether computing a shared prefix once gives every row what its own forward would: only in a causal
+    decoder (an encoder's prefix tokens attend to what follows them, e.g. a BERT reward model), and not while a
+    dropout is active (each row draws its own noise; a shared prefix would share it)."""
+    causal = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    if not causal or not all(causal):
+        return False
     if not model.training:
         return True
     config = getattr(model, "config", None)

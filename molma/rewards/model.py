@@ -302,16 +302,30 @@ class RewardModel:
 
             batches = tqdm(batches, desc=f"scoring ({self.name})", unit="batch", leave=False)
         from molma.models.precision import autocast
-        from molma.models.prefill import length_groups
+        from molma.models.prefill import PrefillPlan, SharedPrefix, prefill_plan, shared_prefix_length, shares_prefix
 
+        causal = shares_prefix(self.model)  # an encoder (BERT) attends both ways: no shared prefix
         with torch.inference_mode(), autocast(self.model, self.precision):
             for start in batches:
                 chunk = order[start:start + self.batch_size]
-                # one forward per group of similar lengths (molma.models.prefill.length_groups): less padding
-                for group in length_groups([len(ids[i]) for i in chunk]):
+                seqs = [ids[i] for i in chunk]
+                # the tokens every dialogue shares (the chat template's system prompt) once, then one forward per
+                # group of similar lengths (molma.models.prefill): less padding and less repeated work. Each row
+                # keeps at least its last token, the one scored.
+                shared = min(shared_prefix_length(seqs), min(len(s) for s in seqs) - 1) if causal else 0
+                plan = (prefill_plan([len(s) for s in seqs], shared)
+                        or PrefillPlan(0, [list(range(len(chunk)))]))
+                prefix = (SharedPrefix(self.model, torch.tensor(seqs[0][:plan.prefix], device=self.device))
+                          if plan.prefix else None)
+                for group in plan.groups:
                     idx = [chunk[j] for j in group]
-                    input_ids, mask = pad_right([ids[i] for i in idx], self.model.config.pad_token_id)
-                    logits = self.model(input_ids=input_ids.to(self.device),
-                                        attention_mask=mask.to(self.device)).logits
+                    input_ids, mask = pad_right([ids[i][plan.prefix:] for i in idx], self.model.config.pad_token_id)
+                    input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                    if prefix is None:
+                        inputs = {"input_ids": input_ids, "attention_mask": mask}
+                    else:  # right padding: positions run on from the prefix's
+                        positions = torch.arange(input_ids.shape[1], device=self.device).expand(len(idx), -1)
+                        inputs = prefix.inputs(input_ids, mask, positions)
+                    logits = self.model(**inputs).logits
                     scores[idx] = logits.reshape(len(idx), -1)[:, 0].float().cpu()
         return check_finite(scores, self.name, responses)

@@ -58,15 +58,17 @@ def test_batched_scores_equal_plain_transformers_one_by_one(seqcls_dir):
 
 
 def test_one_batch_of_mixed_lengths_is_scored_by_length_groups(seqcls_dir):
-    """A batch of short and long dialogues runs as several forwards (molma.models.prefill.length_groups), each
-    padded to its own longest; the scores are plain transformers' one by one."""
-    from molma.models.prefill import length_groups
+    """A batch of short and long dialogues runs as the chat template's shared system prompt once, then several
+    forwards (molma.models.prefill.prefill_plan), each padded to its own longest; the scores are plain
+    transformers' one by one."""
+    from molma.models.prefill import prefill_plan, shared_prefix_length
 
     rm = RewardModel.from_pretrained(seqcls_dir, name="help", batch_size=16)
     prompts = PROMPTS + ["Hi" + " and more" * 40, "Ok"]
     responses = RESPONSES + ["A long answer" * 20, "No."]
     ids, _ = encode_dialogues(rm.tokenizer, prompts, responses, rm.max_length)
-    assert len(length_groups([len(x) for x in ids])) > 1
+    plan = prefill_plan([len(x) for x in ids], shared_prefix_length(ids))
+    assert plan is not None and plan.prefix > 0 and len(plan.groups) > 1  # the path under test
     torch.testing.assert_close(rm.score(prompts, responses), plain_scores(seqcls_dir, prompts, responses),
                                atol=1e-5, rtol=1e-5)
 

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from molma.eval.generate import generate_responses
 from molma.models import LoraSettings, prefill, tiny_llama
-from molma.models.prefill import PrefillPlan, common_prefix_length, length_groups, prefill_cache, prefill_plan
+from molma.models.prefill import (
+    PrefillPlan,
+    common_prefix_length,
+    length_groups,
+    prefill_cache,
+    prefill_plan,
+    shared_prefix_length,
+)
 from molma.rl.rollout import GenerationSettings, generate, tokenize_prompts
 
 
@@ -64,6 +71,7 @@ def test_common_prefix_of_a_left_padded_batch():
     assert common_prefix_length(ids, mask) == 3  # 5 6 7, then 8 / 9 / 8
     assert common_prefix_length(ids[1:2], mask[1:2]) == 6  # one row: all of it
     assert common_prefix_length(torch.tensor([[1, 2], [3, 2]]), torch.ones(2, 2, dtype=torch.long)) == 0
+    assert shared_prefix_length([[1, 2, 3], [1, 2], [1, 2, 4]]) == 2 and shared_prefix_length([]) == 0
 
 
 def test_plan_shares_the_prefix_only_when_cheaper():
@@ -235,6 +243,17 @@ def test_active_dropout_keeps_each_rows_own_prefix(tiny):
     assert shares_prefix(model.train()) and shares_prefix(model.eval())
     dropped = apply_lora(tiny_llama(seed=3)[0], LoraSettings(r=4, alpha=8, dropout=0.1))
     assert not shares_prefix(dropped.train()) and shares_prefix(dropped.eval())
+
+
+def test_an_encoder_never_shares_a_prefix():
+    """A bidirectional encoder's prefix tokens attend to what follows them: computing them once would be wrong."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from molma.models.prefill import shares_prefix
+
+    bert = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=32)).eval()
+    assert not shares_prefix(bert)
 
 
 def test_after_prefix_keeps_what_follows_the_shared_tokens():
