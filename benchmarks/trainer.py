@@ -7,8 +7,13 @@
 3. cost of K objectives: MOLMA ``fast`` and ``exact`` against SO-weighted on the same batch for K = 2, 4, 8
    rule objectives (targets: fast <= 1.10x at every K, exact <= 2.5x at K = 8);
 4. lengths: the training forward + backward on a batch padded to its longest prompt against one forward per
-   group of similar prompt lengths (``--prompts real``: the experiments' mix of real prompts);
-5. agreement: a short learning MOLMA run (lr 1e-3) in fp32 and bf16 from the same seed, reward curves compared
+   group of similar prompt lengths, with and without the shared prompt prefix computed once (``--prompts
+   real``: the experiments' mix of real prompts);
+5. prefix: seconds per iteration of the demo's MOLMA config (bf16) with the shared prompt prefix computed once
+   (rollout prefill, training, reference and critic forwards; molma.models.prefill) and without it;
+6. overhead: a forward's fixed cost in tokens (no-grad forward, and forward + backward) on rows of one rollout
+   batch, fitted over 2 / 4 / 8 / 16 rows, what molma.models.prefill's grouping charges per extra forward;
+7. agreement: a short learning MOLMA run (lr 1e-3) in fp32 and bf16 from the same seed, reward curves compared
    with the gap between two fp32 seeds (the noise).
 
 Objectives are rule-based (`length` with several caps, `banned_words`) so the timing is of the trainer, not
@@ -23,6 +28,7 @@ machine's load hit them alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -33,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+import molma.models.prefill as prefill
+import molma.rl.rollout as rollout
 from molma.environment import read_cpuinfo
 from molma.models import LoraSettings
 from molma.rl import MultiObjectiveTrainer, TrainConfig
@@ -57,6 +65,20 @@ def run_variant(name: str, settings: dict, args, tmp: str, r: int) -> tuple[list
     print(name, r, json.dumps({k: round(statistics.median(x[k] for x in rows), 2)
                                for k in rows[0] if k.startswith("time/")}), flush=True)
     return rows, wall
+
+
+@contextlib.contextmanager
+def without_shared_prefix():
+    """Inside: molma's forwards group rows by prompt length but compute no shared prefix (session 13's code
+    path), for the ratios of the ``prefix`` and ``lengths`` parts and the ``_groups`` rollout."""
+    saved = prefill.prefill_cache, rollout.shares_prefix
+    grouped = prefill.prefill_cache
+    prefill.prefill_cache = lambda *a, **k: grouped(*a, **{**k, "share_prefix": False})
+    rollout.shares_prefix = lambda model: False
+    try:
+        yield
+    finally:
+        prefill.prefill_cache, rollout.shares_prefix = saved
 
 
 def summarise(rows: list[dict], walls: list[float]) -> dict:
@@ -99,6 +121,17 @@ def benchmark_prompts(args) -> list[str]:
         rng = random.Random(args.prompt_seed)
         rng.shuffle(help_pool)
         rng.shuffle(safe_pool)
+    if args.prompt_max_tokens:  # as the experiments' pools: prompts longer once templated are left out
+        from molma.data.chat import render_prompt
+        from molma.models import load_tokenizer
+
+        tok = load_tokenizer("smollm2-135m-instruct")
+
+        def fits(text: str) -> bool:
+            return len(tok(render_prompt(tok, text), add_special_tokens=False)["input_ids"]) <= args.prompt_max_tokens
+
+        help_pool = [p for p in help_pool if fits(p)]
+        safe_pool = [p for p in safe_pool if fits(p)]
     n_help = round(0.6 * args.experience)
     return help_pool[:n_help] + safe_pool[:args.experience - n_help]
 
@@ -110,7 +143,6 @@ def generation_speed(args) -> dict:
     base was re-cast at every token, and its bf16 rollouts were no faster than fp32.) ``molma_rollout_bf16_padded``
     is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.models.prefill),
     ``molma_rollout_bf16_groups`` with the prefill by length groups but without the shared prefix (session 13's)."""
-    import molma.models.prefill as prefill
     from molma.data.chat import render_prompt
     from molma.models import load_model
     from molma.models.precision import autocast
@@ -136,11 +168,10 @@ def generation_speed(args) -> dict:
                 new = out[:, enc["input_ids"].shape[1]:]
                 n_tokens = int((new != tok.pad_token_id).sum())
             else:
-                prefill.prefill_cache = ((lambda *a, **k: None) if name.endswith("padded") else
-                                         (lambda *a, **k: grouped_prefill(*a, share_prefix=False, **k))
-                                         if name.endswith("groups") else grouped_prefill)
+                prefill.prefill_cache = (lambda *a, **k: None) if name.endswith("padded") else grouped_prefill
                 try:
-                    with autocast(model, "fp32" if name.endswith("fp32") else "bf16", sampling=True):
+                    with (without_shared_prefix() if name.endswith("groups") else contextlib.nullcontext(),
+                          autocast(model, "fp32" if name.endswith("fp32") else "bf16", sampling=True)):
                         batch, _ = generate(model, tok, texts, settings, seed=r)
                 finally:
                     prefill.prefill_cache = grouped_prefill
@@ -161,13 +192,13 @@ def generation_speed(args) -> dict:
 
 def length_grouping_speed(args) -> dict:
     """The training forward + backward of the policy (SmolLM2 + LoRA, bf16 autocast, the trainer's eager
-    attention) on one rollout batch of ``--prompts``: one forward over the batch padded to its longest prompt
-    against one per group of similar prompt lengths (``sequence_logprobs(by_length=...)``), alternating."""
+    attention) on one rollout batch of ``--prompts``: one forward over the batch padded to its longest prompt,
+    one per group of similar prompt lengths (session 13), and the shared prompt prefix once then the groups
+    (``sequence_logprobs(by_length=...)``), alternating."""
     from molma.data.chat import render_prompt
     from molma.models import load_model
     from molma.models.attention import training_attention
     from molma.models.precision import autocast
-    from molma.models.prefill import length_groups
     from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
 
     model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
@@ -176,22 +207,74 @@ def length_grouping_speed(args) -> dict:
         batch, _ = generate(model, tok, texts, GenerationSettings(max_new_tokens=args.max_new_tokens,
                                                                   max_prompt_tokens=96), seed=0)
     model.train()
-    seconds: dict[str, list[float]] = {"padded": [], "by_length": []}
+    seconds: dict[str, list[float]] = {"padded": [], "by_length": [], "shared_prefix": []}
     for r in range(args.rounds + 1):
         for name in list(seconds) if r % 2 == 0 else list(seconds)[::-1]:
             model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            with autocast(model, "bf16"), training_attention(model):
-                logp, _ = sequence_logprobs(model, batch, by_length=name == "by_length")
+            with (without_shared_prefix() if name == "by_length" else contextlib.nullcontext(),
+                  autocast(model, "bf16"), training_attention(model)):
+                logp, _ = sequence_logprobs(model, batch, by_length=name != "padded")
             logp.sum().backward()
             if r:  # round 0 is a warm-up
                 seconds[name].append(time.perf_counter() - t0)
     med = {k: round(statistics.median(v), 3) for k, v in seconds.items()}
     lengths = batch.prompt_lengths
+    P = batch.prompt_len
+    shared = min(prefill.common_prefix_length(batch.input_ids[:, :P], batch.attention_mask[:, :P]),
+                 min(lengths) - 1)
+    plan = prefill.prefill_plan(lengths, shared)
     return {"seconds_forward_backward": med, "raw": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
-            "speedup_by_length": round(med["padded"] / med["by_length"], 3), "prompts": args.prompts,
-            "groups": [[lengths[i] for i in g] for g in length_groups(lengths)],
+            "speedup_by_length": round(med["padded"] / med["by_length"], 3),
+            "speedup_shared_prefix": round(med["padded"] / med["shared_prefix"], 3),
+            "speedup_shared_prefix_over_groups": round(med["by_length"] / med["shared_prefix"], 3),
+            "prompts": args.prompts, "shared_prefix_tokens": plan.prefix if plan else 0,
+            "groups": [[lengths[i] for i in g] for g in prefill.length_groups(lengths)],
+            "groups_after_prefix": [[lengths[i] for i in g] for g in plan.groups] if plan else None,
             "columns_padded": batch.input_ids.shape[1], "batch": len(texts)}
+
+
+def forward_overhead(args) -> dict:
+    """The fixed cost of one forward in tokens, fitted as ``seconds = fixed + per_row x rows`` (least squares on
+    the fastest of ``--rounds`` runs at 2, 4, 8 and 16 rows of one rollout batch): a no-grad forward (prefill,
+    reference) and the training forward + backward (bf16, LoRA, the trainer's eager attention). ``fixed /
+    per_row x columns`` is what splitting a batch costs in tokens, against the padding it saves."""
+    import numpy as np
+
+    from molma.data.chat import render_prompt
+    from molma.models import load_model
+    from molma.models.attention import training_attention
+    from molma.models.precision import autocast
+    from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
+
+    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
+    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
+    with autocast(model, "bf16", sampling=True):
+        batch, _ = generate(model, tok, texts, GenerationSettings(max_new_tokens=args.max_new_tokens,
+                                                                  max_prompt_tokens=96), seed=0)
+    model.train()
+    sizes = [n for n in (2, 4, 8, 16) if n <= len(texts)]
+    out = {}
+    for mode in ("forward", "forward_backward"):
+        best = {n: float("inf") for n in sizes}
+        for _ in range(args.rounds):
+            for n in sizes:
+                part = batch.select(torch.arange(n))
+                model.zero_grad(set_to_none=True)
+                t0 = time.perf_counter()
+                if mode == "forward":
+                    with torch.no_grad(), autocast(model, "bf16", inference=True):
+                        sequence_logprobs(model, part, by_length=False)
+                else:
+                    with autocast(model, "bf16"), training_attention(model):
+                        logp, _ = sequence_logprobs(model, part, by_length=False)
+                    logp.sum().backward()
+                best[n] = min(best[n], time.perf_counter() - t0)
+        per_row, fixed = np.polyfit(sizes, [best[n] for n in sizes], 1)
+        out[mode] = {"seconds_fastest": {n: round(t, 3) for n, t in best.items()}, "fixed_s": round(float(fixed), 3),
+                     "per_row_s": round(float(per_row), 4),
+                     "fixed_in_tokens": round(float(fixed / per_row * batch.input_ids.shape[1]), 1)}
+    return {**out, "columns": batch.input_ids.shape[1], "prompts": args.prompts}
 
 
 def precision_agreement(args, tmp: str) -> dict:
@@ -235,6 +318,10 @@ def main() -> None:
     parser.add_argument("--prompt-seed", type=int, help="--prompts real: shuffle the pools with this seed "
                         "(default: their first prompts)")
     parser.add_argument("--shared-data", default="../shared/data", help="folder of the real data (--prompts real)")
+    parser.add_argument("--prompt-max-tokens", type=int, default=96,
+                        help="--prompts real: leave out prompts longer than this once chat-templated, as the "
+                             "experiments do (configs/cpu/experiment.yaml prompt_max_tokens; 0: keep all, "
+                             "session 13's draws, whose longest prompt was cut from the left)")
     parser.add_argument("--out", default="benchmarks/results/trainer.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -257,6 +344,22 @@ def main() -> None:
             out["generation"] = {**gen, "target": ">= 2.5", "met": gen["ratio_molma_bf16_to_hf_fp32"] >= 2.5}
         if "lengths" in parts:
             out["lengths"] = length_grouping_speed(args)
+        if "overhead" in parts:
+            out["overhead"] = forward_overhead(args)
+        if "prefix" in parts:
+            settings = {"algo": "molma", "precision": "bf16", "objectives": objectives(2)}
+            rows_of: dict[str, list[dict]] = {"shared": [], "groups_only": []}
+            walls: dict[str, list[float]] = {n: [] for n in rows_of}
+            for r in range(args.rounds):
+                for name in list(rows_of) if r % 2 == 0 else list(rows_of)[::-1]:
+                    with without_shared_prefix() if name == "groups_only" else contextlib.nullcontext():
+                        rows, wall = run_variant(f"molma-bf16-{name}", settings, args, tmp, r)
+                    rows_of[name].extend(rows)
+                    walls[name].append(wall)
+            res = {n: summarise(rows_of[n], walls[n]) for n in rows_of}
+            out["prefix"] = {"results": res, "speedup_shared_prefix": round(
+                res["groups_only"]["seconds_per_iteration"]["total"]
+                / res["shared"]["seconds_per_iteration"]["total"], 3)}
         if "objectives" in parts:
             per_k = {}
             for k in [int(x) for x in args.ks.split(",")]:
@@ -284,7 +387,9 @@ def main() -> None:
     out["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: v for k, v in out.items() if k in ("precision", "generation", "objectives", "agreement")},
+    print(json.dumps({k: v for k, v in out.items()
+                      if k in ("precision", "generation", "lengths", "overhead", "prefix", "objectives",
+                               "agreement")},
                      default=str)[:3000])
 
 

@@ -25,17 +25,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# a forward's fixed cost in prompt tokens: a prompt token costs ~1.4 ms in bf16 on one core of this CPU (measured:
-# 16 x 46 tokens in ~1.0 s), a forward's per-layer Python and launches an estimated ~15-20 ms for SmolLM2's 30
-# layers (not measured apart); a new group must save more padding than this
-GROUP_OVERHEAD_TOKENS = 16
+# a forward's fixed cost in tokens, what a new group must save in padding: fitted as seconds = fixed + per row x
+# rows over 2-16 rows of SmolLM2 + LoRA rollouts in bf16 on one core of this CPU (`benchmarks/trainer.py --parts
+# overhead`, session 14, one RL run on the other core): 95-113 tokens for a no-grad forward, 38-75 for a forward
+# + backward; small groups also run the matrix products less efficiently. Between 16 and 96 the measured forward
+# times of real-prompt batches differed by <= 4 % (160 was slower); 16, session 13's unmeasured estimate, split
+# uniform prompts into groups that saved less than they cost
+GROUP_OVERHEAD_TOKENS = 64
 
 
-def length_groups(lengths: list[int], overhead_tokens: int = GROUP_OVERHEAD_TOKENS,
-                  max_groups: int = 4) -> list[list[int]]:
+def length_groups(lengths: list[int], overhead_tokens: int | None = None, max_groups: int = 4) -> list[list[int]]:
     """Row indices grouped for the prefill: contiguous runs of the rows sorted by length that minimise
     ``sum(rows in group x longest in group) + overhead_tokens x groups`` (exact, by dynamic programming over
-    the sorted rows), at most ``max_groups``. Groups come shortest first; rows keep their order within a group."""
+    the sorted rows), at most ``max_groups`` (``overhead_tokens`` default: :data:`GROUP_OVERHEAD_TOKENS`). Groups
+    come shortest first; rows keep their order within a group."""
+    overhead_tokens = GROUP_OVERHEAD_TOKENS if overhead_tokens is None else overhead_tokens
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     sorted_len = [lengths[i] for i in order]
     n = len(order)
@@ -100,15 +104,16 @@ def _padded_cost(lengths: list[int], groups: list[list[int]], overhead_tokens: i
     return sum(len(g) * max(lengths[i] for i in g) + overhead_tokens for g in groups)
 
 
-def prefill_plan(lengths: list[int], prefix: int = 0, overhead_tokens: int = GROUP_OVERHEAD_TOKENS,
+def prefill_plan(lengths: list[int], prefix: int = 0, overhead_tokens: int | None = None,
                  max_groups: int = 4) -> PrefillPlan | None:
     """The cheaper of two ways to build the cache of rows with ``lengths`` tokens (the columns before the last):
     groups of similar length (:func:`length_groups`), or the ``prefix`` tokens every row shares computed once
     (one row; ``prefix`` tokens plus one forward's overhead) and then groups of what follows it. Costs count
     padded tokens plus ``overhead_tokens`` per forward; None when neither beats one forward over the padded batch
-    (what ``generate`` does itself)."""
+    (what ``generate`` does itself). ``overhead_tokens`` default: :data:`GROUP_OVERHEAD_TOKENS`."""
     if not lengths or max(lengths) == 0:
         return None
+    overhead_tokens = GROUP_OVERHEAD_TOKENS if overhead_tokens is None else overhead_tokens
     padded = len(lengths) * max(lengths) + overhead_tokens
     groups = length_groups(lengths, overhead_tokens, max_groups)
     best_cost, best = _padded_cost(lengths, groups, overhead_tokens), PrefillPlan(0, groups)
@@ -180,7 +185,7 @@ def prefilled(model, input_ids: Tensor, attention_mask: Tensor) -> dict:
 
 
 @torch.no_grad()
-def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tokens: int = GROUP_OVERHEAD_TOKENS,
+def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tokens: int | None = None,
                   max_groups: int = 4, share_prefix: bool = True):
     """The KV cache (a ``DynamicCache``) of the first ``P - 1`` columns of a left-padded prompt batch
     ``[B, P]``, built as :func:`prefill_plan` says (the shared prefix once when ``share_prefix``, then one forward

@@ -96,6 +96,13 @@ PROMPTS = ["Hi", "Tell me a long story about a dragon who guards a library of an
 SHARED = ["You are a careful assistant who answers briefly. " + p for p in PROMPTS]
 
 
+@pytest.fixture(autouse=True)
+def split_small_batches(monkeypatch):
+    """The tiny batches here save a few tokens of padding per group: charge nothing per forward, so every test
+    takes the grouped path (the default charge is sized to SmolLM2 on a CPU)."""
+    monkeypatch.setattr(prefill, "GROUP_OVERHEAD_TOKENS", 0)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = tiny_llama(seed=3)
