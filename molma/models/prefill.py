@@ -201,7 +201,8 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
     if P < 2:
         return None
     lengths = [max(int(n) - 1, 0) for n in attention_mask.sum(dim=1).tolist()]  # real tokens before the last
-    shared = common_prefix_length(input_ids[:, :P - 1], attention_mask[:, :P - 1]) if share_prefix else 0
+    shared = (common_prefix_length(input_ids[:, :P - 1], attention_mask[:, :P - 1])
+              if share_prefix and shares_prefix(model) else 0)
     plan = prefill_plan(lengths, shared, overhead_tokens, max_groups)
     if plan is None:
         return None
