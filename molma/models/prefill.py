@@ -27,10 +27,11 @@ from torch import Tensor
 
 # a forward's fixed cost in tokens, what a new group must save in padding: fitted as seconds = fixed + per row x
 # rows over 2-16 rows of SmolLM2 + LoRA rollouts in bf16 on one core of this CPU (`benchmarks/trainer.py --parts
-# overhead`, session 14, one RL run on the other core): 95-113 tokens for a no-grad forward, 38-75 for a forward
-# + backward; small groups also run the matrix products less efficiently. Between 16 and 96 the measured forward
-# times of real-prompt batches differed by <= 4 % (160 was slower); 16, session 13's unmeasured estimate, split
-# uniform prompts into groups that saved less than they cost
+# overhead`, session 14: 114 tokens for a no-grad forward, 40 for a forward + backward, idle,
+# benchmarks/results/trainer_prefix_builtin_s14_amd.json; 95-113 / 38-75 beside an RL run); small groups also run
+# the matrix products less efficiently. Between 16 and 96 the forward times of real-prompt batches differed by
+# <= 4 % (160 was slower); 16, session 13's unmeasured estimate, split uniform prompts into groups that saved less
+# than they cost
 GROUP_OVERHEAD_TOKENS = 64
 
 
