@@ -15,7 +15,7 @@ reference grows is drifting, not learning. Reported per variant (``--epochs 1 4`
 Default objective: ``rule:banned_words`` (minus the number of common words such as "the", "a", "is": a
 reward any working policy-gradient loop lowers the count of) optimised by SO-help, with ``rule:length``
 logged beside it (not optimised). ``--objectives help=RM_FOLDER,safe=RM_FOLDER --algo so-safe`` asks the
-same of a reward model; ``--algo molma`` (or so-weighted) optimises both objectives, each judged on its own
+same of a reward model; ``--algo molma`` (or so-weighted, molma-grpo) optimises both objectives, each judged on its own
 pool's held-out prompts. ``--tiny`` checks the script in seconds on a tiny random Llama.
 
     .venv/bin/python benchmarks/optimisation.py [--epochs 1 4] [--iterations 24] [--workers 2]
@@ -135,8 +135,10 @@ def run_variant(epochs: int, args: argparse.Namespace, folder: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 4], help="whole-batch steps per iteration")
-    parser.add_argument("--algo", default="so-help", choices=["so-help", "so-safe", "so-weighted", "molma"],
-                        help="so-help / so-safe optimise one objective, so-weighted / molma both")
+    parser.add_argument("--algo", default="so-help",
+                        choices=["so-help", "so-safe", "so-weighted", "molma", "molma-grpo"],
+                        help="so-help / so-safe optimise one objective, so-weighted / molma / molma-grpo "
+                             "(Aligned-MTL on group-relative advantages, no critic) both")
     parser.add_argument("--objectives", default=DEFAULT_OBJECTIVES, help="help=SPEC,safe=SPEC (rules or RM folders)")
     parser.add_argument("--prompts", help="help=FILE,safe=FILE prompt pools (default: the builtin ones)")
     parser.add_argument("--iterations", type=int, default=24)
