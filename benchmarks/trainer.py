@@ -190,16 +190,13 @@ def generation_speed(args) -> dict:
             "batch": args.experience, "max_new_tokens": args.max_new_tokens, "model": "SmolLM2-135M + LoRA r 8"}
 
 
-def length_grouping_speed(args) -> dict:
-    """The training forward + backward of the policy (SmolLM2 + LoRA, bf16 autocast, the trainer's eager
-    attention) on one rollout batch of ``--prompts``: one forward over the batch padded to its longest prompt,
-    one per group of similar prompt lengths (session 13), and the shared prompt prefix once then the groups
-    (``sequence_logprobs(by_length=...)``), alternating."""
+def policy_and_rollout(args):
+    """The trainer's policy (SmolLM2 + LoRA r 8, in training mode) and one bf16 rollout batch of ``--prompts``:
+    what the ``lengths`` and ``overhead`` parts time forwards on."""
     from molma.data.chat import render_prompt
     from molma.models import load_model
-    from molma.models.attention import training_attention
     from molma.models.precision import autocast
-    from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
+    from molma.rl.rollout import GenerationSettings, generate
 
     model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
     texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
@@ -207,6 +204,19 @@ def length_grouping_speed(args) -> dict:
         batch, _ = generate(model, tok, texts, GenerationSettings(max_new_tokens=args.max_new_tokens,
                                                                   max_prompt_tokens=96), seed=0)
     model.train()
+    return model, batch
+
+
+def length_grouping_speed(args) -> dict:
+    """The training forward + backward of the policy (SmolLM2 + LoRA, bf16 autocast, the trainer's eager
+    attention) on one rollout batch of ``--prompts``: one forward over the batch padded to its longest prompt,
+    one per group of similar prompt lengths (session 13), and the shared prompt prefix once then the groups
+    (``sequence_logprobs(by_length=...)``), alternating."""
+    from molma.models.attention import training_attention
+    from molma.models.precision import autocast
+    from molma.rl.rollout import sequence_logprobs
+
+    model, batch = policy_and_rollout(args)
     seconds: dict[str, list[float]] = {"padded": [], "by_length": [], "shared_prefix": []}
     for r in range(args.rounds + 1):
         for name in list(seconds) if r % 2 == 0 else list(seconds)[::-1]:
@@ -220,10 +230,7 @@ def length_grouping_speed(args) -> dict:
                 seconds[name].append(time.perf_counter() - t0)
     med = {k: round(statistics.median(v), 3) for k, v in seconds.items()}
     lengths = batch.prompt_lengths
-    P = batch.prompt_len
-    shared = min(prefill.common_prefix_length(batch.input_ids[:, :P], batch.attention_mask[:, :P]),
-                 min(lengths) - 1)
-    plan = prefill.prefill_plan(lengths, shared)
+    plan = rollout.prompt_plan(batch, model)
     return {"seconds_forward_backward": med, "raw": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
             "speedup_by_length": round(med["padded"] / med["by_length"], 3),
             "speedup_shared_prefix": round(med["padded"] / med["shared_prefix"], 3),
@@ -231,7 +238,7 @@ def length_grouping_speed(args) -> dict:
             "prompts": args.prompts, "shared_prefix_tokens": plan.prefix if plan else 0,
             "groups": [[lengths[i] for i in g] for g in prefill.length_groups(lengths)],
             "groups_after_prefix": [[lengths[i] for i in g] for g in plan.groups] if plan else None,
-            "columns_padded": batch.input_ids.shape[1], "batch": len(texts)}
+            "columns_padded": batch.input_ids.shape[1], "batch": len(lengths)}
 
 
 def forward_overhead(args) -> dict:
@@ -241,19 +248,12 @@ def forward_overhead(args) -> dict:
     per_row x columns`` is what splitting a batch costs in tokens, against the padding it saves."""
     import numpy as np
 
-    from molma.data.chat import render_prompt
-    from molma.models import load_model
     from molma.models.attention import training_attention
     from molma.models.precision import autocast
-    from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
+    from molma.rl.rollout import sequence_logprobs
 
-    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
-    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
-    with autocast(model, "bf16", sampling=True):
-        batch, _ = generate(model, tok, texts, GenerationSettings(max_new_tokens=args.max_new_tokens,
-                                                                  max_prompt_tokens=96), seed=0)
-    model.train()
-    sizes = [n for n in (2, 4, 8, 16) if n <= len(texts)]
+    model, batch = policy_and_rollout(args)
+    sizes = [n for n in (2, 4, 8, 16) if n <= len(batch.prompt_lengths)]
     out = {}
     for mode in ("forward", "forward_backward"):
         best = {n: float("inf") for n in sizes}

@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import LogitsProcessorList
 
-from molma.models.prefill import SharedPrefix, common_prefix_length, prefill_plan, prefilled, shares_prefix
+from molma.models.prefill import (
+    PrefillPlan,
+    SharedPrefix,
+    common_prefix_length,
+    prefill_plan,
+    prefilled,
+    shares_prefix,
+)
 from molma.rl.sampling import RowSampler, row_seed
 
 if TYPE_CHECKING:
@@ -58,12 +65,6 @@ class Batch:
     def prompt_lengths(self) -> list[int]:
         """Real (unpadded) prompt tokens of each row."""
         return self.attention_mask[:, :self.prompt_len].sum(dim=1).tolist()
-
-    def crop_prompt(self, width: int) -> Batch:
-        """The same sequences keeping only the last ``width`` prompt columns (every row's padding before them is
-        dropped; ``width`` must cover each row's prompt)."""
-        start = self.prompt_len - width
-        return Batch(self.input_ids[:, start:], self.attention_mask[:, start:], width, self.response_mask)
 
     def after_prefix(self, n: int) -> Batch:
         """The same sequences without each row's first ``n`` real prompt tokens (a prefix every row shares, whose
@@ -228,20 +229,12 @@ def by_prompt_length(batch: Batch, forward: Callable[[Batch, SharedPrefix | None
     ``forward`` returns a tensor or a tuple of tensors (or None); per-row results must not depend on the prompt's
     padding (true of a forward that masks it and counts positions from the first real token). ``enabled=False``,
     or nothing to gain: one call on the whole batch."""
-    if not enabled:
-        return forward(batch, None)
-    P, lengths = batch.prompt_len, batch.prompt_lengths
-    shared = 0
-    if model is not None and lengths and shares_prefix(model):
-        # every row keeps at least its last prompt token: its position predicts the response's first
-        shared = max(min(common_prefix_length(batch.input_ids[:, :P], batch.attention_mask[:, :P]),
-                         min(lengths) - 1), 0)
-    plan = prefill_plan(lengths, shared)
+    plan = prompt_plan(batch, model) if enabled else None
     if plan is None:
         return forward(batch, None)
     prefix = None
     if plan.prefix:
-        first = P - lengths[0]
+        first = batch.prompt_len - batch.prompt_lengths[0]
         prefix = SharedPrefix(model, batch.input_ids[0, first:first + plan.prefix])
     outputs = []
     for rows in plan.groups:
@@ -257,6 +250,19 @@ def by_prompt_length(batch: Batch, forward: Callable[[Batch, SharedPrefix | None
     if isinstance(outputs[0], tuple):
         return tuple(join([out[i] for out in outputs]) for i in range(len(outputs[0])))
     return join(outputs)
+
+
+def prompt_plan(batch: Batch, model=None) -> PrefillPlan | None:
+    """How :func:`by_prompt_length` splits ``batch`` (:func:`molma.models.prefill.prefill_plan` of its prompt
+    lengths): the prompt tokens every row shares once when ``model`` is given and may share them
+    (:func:`molma.models.prefill.shares_prefix`), then groups of similar length; None: one forward is as cheap."""
+    P, lengths = batch.prompt_len, batch.prompt_lengths
+    shared = 0
+    if model is not None and lengths and shares_prefix(model):
+        # every row keeps at least its last prompt token: its position predicts the response's first
+        shared = max(min(common_prefix_length(batch.input_ids[:, :P], batch.attention_mask[:, :P]),
+                         min(lengths) - 1), 0)
+    return prefill_plan(lengths, shared)
 
 
 def model_inputs(batch: Batch, prefix: SharedPrefix | None = None) -> dict:

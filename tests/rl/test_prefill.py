@@ -21,7 +21,7 @@ from molma.models.prefill import (
     prefill_plan,
     shared_prefix_length,
 )
-from molma.rl.rollout import GenerationSettings, generate, tokenize_prompts
+from molma.rl.rollout import GenerationSettings, generate, prompt_plan, tokenize_prompts
 
 
 def _cost(lengths: list[int], groups: list[list[int]], overhead: int) -> int:
@@ -181,12 +181,6 @@ def test_evaluation_generation_is_unchanged_by_grouping(tiny, monkeypatch, promp
     assert calls == [True] and grouped == padded
 
 
-def _plan_of(batch):
-    P = batch.prompt_len
-    shared = common_prefix_length(batch.input_ids[:, :P], batch.attention_mask[:, :P])
-    return prefill_plan(batch.prompt_lengths, min(shared, min(batch.prompt_lengths) - 1))
-
-
 @pytest.mark.parametrize("prompts", [PROMPTS, SHARED], ids=["lengths", "shared-prefix"])
 def test_training_forward_by_length_matches_the_padded_forward(tiny, prompts):
     """sequence_logprobs by prompt-length groups (after the shared prefix, computed once, when the prompts have
@@ -206,7 +200,7 @@ def test_training_forward_by_length_matches_the_padded_forward(tiny, prompts):
         grads = [p.grad.clone() for p in model.parameters()]
         results[by_length] = (logp.detach(), hidden.detach(), grads)
     model.zero_grad()
-    plan = _plan_of(batch)  # the path under test ran
+    plan = prompt_plan(batch, model)  # the path under test ran
     assert plan is not None and len(plan.groups) > 1 and (plan.prefix > 0) == (prompts is SHARED)
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-5)
@@ -227,7 +221,7 @@ def test_trainable_critic_by_length_matches_the_padded_forward(tiny, prompts):
         critic.heads.linear.weight.normal_(0, 1.0)  # zero-initialised heads would make every value 0
     prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     batch = batch_from_ids(prompt_ids, [[11, 12], [13], [14, 15, 16], [17], [18, 19], [20]], tok.pad_token_id)
-    plan = _plan_of(batch)
+    plan = prompt_plan(batch, critic.backbone)
     assert plan is not None and (plan.prefix > 0) == (prompts is SHARED)
     results = {}
     for by_length in (False, True):
