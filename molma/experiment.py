@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -470,17 +471,39 @@ def train_judges(cfg: ExperimentConfig, out: Path) -> None:
     # it, so RMhelp's scoring runs beside RMsafe's training (the demo's judges stage: 107 s of sequential scoring
     # after it)
     jobs = {name: (c, train_sets[c.objective], heldout_sets) for name, c in configs.items()}
+    # WARM members share their frozen bottom layers' forward: computed once (split among the workers) into
+    # trunk files that every member unfinished so far reads (molma.rewards.trunk); deleted afterwards
+    members = [n for n in jobs if n.startswith("safe-seed") and not _finished_reward_model(configs[n])]
+    shares_trunk = (len(members) >= 2 and cfg.rm_safe.get("finetune", "full") == "full"
+                    and cfg.rm_safe.get("train_top_layers") is not None)
+    trunk_dir = out / "members" / ".trunk"
+    n_shards = max(1, min(cfg.workers, 2)) if shares_trunk else 0
+    trunk_files = [trunk_dir / f"shard{i}-of-{n_shards}.safetensors" for i in range(n_shards)]
+    trunk_of = {name: (trunk_files if name in members and shares_trunk else None) for name in jobs}
     scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
     if cfg.workers > 1 and len(jobs) > 1:
-        # the RMsafe candidates first (the longest jobs), RMhelp when a worker is free
-        order = sorted(jobs, key=lambda n: n == "help")
+        # the trunk shards first, RMhelp as soon as a worker is free, the RMsafe members once the shards are
+        # written (the longest jobs); without shared trunks the RMsafe jobs first
         with _worker_pool(cfg.workers) as pool:
-            futures = {name: pool.submit(_train_rm_job, *jobs[name], cfg.threads) for name in order}
+            shards = [pool.submit(_trunk_shard_job, configs[members[0]], train_sets["safe"], f, i, n_shards,
+                                  cfg.threads) for i, f in enumerate(trunk_files)]
+            order = sorted(jobs, key=lambda n: (n == "help") != bool(shards))
+            futures = {}
+            for name in order:
+                if name != "help" and shards:
+                    for shard in shards:
+                        shard.result()
+                futures[name] = pool.submit(_train_rm_job, *jobs[name], cfg.threads, trunk_of[name])
             for name, future in futures.items():
                 scored.update({(name, label): row for label, row in future.result().items()})
     else:
+        if trunk_files:
+            from molma.rewards.train import write_trunk_features
+
+            write_trunk_features(configs[members[0]], train_sets["safe"], trunk_files[0])
         for name, job in jobs.items():
-            scored.update({(name, label): row for label, row in _train_and_score_rm(*job).items()})
+            scored.update({(name, label): row for label, row in _train_and_score_rm(*job, trunk_of[name]).items()})
+    shutil.rmtree(trunk_dir, ignore_errors=True)
     if candidates:
         configs["safe"], chosen = _select_rm_safe(cfg, configs, out, scored)
         scored.update({("safe", label): row for (job, label), row in list(scored.items()) if job == chosen})
@@ -506,23 +529,36 @@ def train_judges(cfg: ExperimentConfig, out: Path) -> None:
     print(format_table(rows), flush=True)
 
 
-def _train_rm_job(rm_cfg, pairs: list, heldout_sets: dict[str, list] | None, threads: int | None) -> dict[str, dict]:
+def _train_rm_job(rm_cfg, pairs: list, heldout_sets: dict[str, list] | None, threads: int | None,
+                  trunk_files: list[Path] | None = None) -> dict[str, dict]:
     """:func:`_train_and_score_rm` as the body of a worker process."""
     if threads:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
-    return _train_and_score_rm(rm_cfg, pairs, heldout_sets)
+    return _train_and_score_rm(rm_cfg, pairs, heldout_sets, trunk_files)
 
 
-def _train_and_score_rm(rm_cfg, pairs: list, heldout_sets: dict[str, list] | None) -> dict[str, dict]:
-    """Train one reward model and score it on ``heldout_sets`` (label -> pairs; None: not scored). Returns the
-    rows of :func:`molma.rewards.evaluate_reward_model` by label."""
+def _trunk_shard_job(rm_cfg, pairs: list, path: Path, shard: int, shards: int, threads: int | None) -> Path:
+    """:func:`molma.rewards.train.write_trunk_features` for one shard, as the body of a worker process."""
+    from molma.rewards.train import write_trunk_features
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    return write_trunk_features(rm_cfg, pairs, path, shard=shard, shards=shards)
+
+
+def _train_and_score_rm(rm_cfg, pairs: list, heldout_sets: dict[str, list] | None,
+                        trunk_files: list[Path] | None = None) -> dict[str, dict]:
+    """Train one reward model (its frozen layers' forward read from ``trunk_files`` if given) and score it on
+    ``heldout_sets`` (label -> pairs; None: not scored). Returns the rows of
+    :func:`molma.rewards.evaluate_reward_model` by label."""
     from molma.rewards import evaluate_reward_model, train_reward_model
 
     if _finished_reward_model(rm_cfg):  # a judges stage killed after this model: not trained twice
         print(f"{rm_cfg.output_path}: trained before with these settings, reused", flush=True)
     else:
-        train_reward_model(rm_cfg, pairs=pairs)
+        train_reward_model(rm_cfg, pairs=pairs, trunk_features=trunk_files)
     if not heldout_sets:
         return {}
     judge = _load_judge(rm_cfg)

@@ -48,6 +48,7 @@ from molma.rewards.model import (
     make_template_plain_compatible,
     scoring_record,
 )
+from molma.rewards.trunk import cached_trunk
 
 log = logging.getLogger(__name__)
 
@@ -354,11 +355,99 @@ def _sampling_arg(args_cls: type, by_length: bool) -> dict[str, Any]:
     return {"group_by_length": by_length}
 
 
-def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair] | None = None) -> Path:
+def _encode_pairs(tokenizer: Any, pairs: Sequence[PreferencePair],
+                  max_length: int) -> tuple[list[list[int]], list[list[int]], int, int]:
+    """Token ids of the chosen and rejected dialogues as the trainer sees them, and how many of each were
+    truncated."""
+    prompts = [p.prompt for p in pairs]
+    chosen_ids, n_trunc_c = encode_dialogues(tokenizer, prompts, [p.chosen for p in pairs], max_length)
+    rejected_ids, n_trunc_r = encode_dialogues(tokenizer, prompts, [p.rejected for p in pairs], max_length)
+    return chosen_ids, rejected_ids, n_trunc_c, n_trunc_r
+
+
+def _trunk_meta(model: torch.nn.Module, config: RewardTrainConfig, precision: str, depth: int) -> dict[str, Any]:
+    """What trunk features depend on: the base model, a hash of the frozen trunk's weights, depth, precision."""
+    import hashlib
+
+    from molma.models.blocks import named_transformer_blocks
+
+    digest = hashlib.sha256()
+    blocks = named_transformer_blocks(model)[1]  # type: ignore[index]
+    for module in (model.get_input_embeddings(), *blocks[:depth]):
+        for name, param in module.named_parameters():
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return {"base": config.base, "trunk_sha256": digest.hexdigest(), "depth": depth, "precision": precision}
+
+
+def write_trunk_features(config: RewardTrainConfig, pairs: Sequence[PreferencePair], path: str | Path,
+                         shard: int = 0, shards: int = 1) -> Path:
+    """Compute the frozen trunk's features (:mod:`molma.rewards.trunk`) of the dialogues of ``pairs`` as
+    ``config`` encodes them (shard ``shard`` of ``shards`` of the distinct sequences, for processes that split
+    the work) and save them to ``path``. Every seed of ``config`` shares them."""
+    from molma.models.precision import resolve_precision
+    from molma.rewards.trunk import compute_trunk_features, frozen_trunk_depth
+
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
+    pairs, _ = validate_pairs(list(pairs), skip_invalid=config.skip_invalid, where="trunk features")
+    if config.limit is not None:
+        pairs = pairs[:config.limit]
+    # every pair, not the seed's training split: one file serves members whose eval_fraction splits differ
+    model, tokenizer = build_reward_model(config)
+    depth = frozen_trunk_depth(model)
+    if depth is None:
+        raise ValueError("trunk features need full fine-tuning of the top layers (train_top_layers below the "
+                         "model's depth, finetune: full) and no dropout in the frozen layers")
+    precision = resolve_precision(config.precision, "cpu" if str(config.device) == "cpu" else "cuda")
+    chosen_ids, rejected_ids, _, _ = _encode_pairs(tokenizer, pairs, config.max_length)
+    unique = sorted(set(map(tuple, chosen_ids + rejected_ids)))
+    mine = unique[shard::shards]
+    features = compute_trunk_features(model, mine, depth, tokenizer.pad_token_id, precision,
+                                      batch_size=config.batch_size,
+                                      meta=_trunk_meta(model, config, precision, depth))
+    log.info("trunk features: %d sequences, %d tokens, depth %d -> %s", len(features), features.hidden.shape[0],
+             depth, path)
+    return features.save(path)
+
+
+def _checked_trunk(trunk_features: Any, model: torch.nn.Module, config: RewardTrainConfig, precision: str,
+                   sequences: list[list[int]]) -> Any:
+    """``trunk_features`` (a :class:`~molma.rewards.trunk.TrunkFeatures` or files of them) checked against the
+    model and data about to train: same base, trunk weights, depth and precision, every sequence present."""
+    if trunk_features is None:
+        return None
+    from molma.rewards.trunk import TrunkFeatures, frozen_trunk_depth
+
+    if not isinstance(trunk_features, TrunkFeatures):
+        files = [Path(trunk_features)] if isinstance(trunk_features, (str, Path)) else list(map(Path, trunk_features))
+        trunk_features = TrunkFeatures.merge([TrunkFeatures.load(f) for f in files])
+    depth = frozen_trunk_depth(model)
+    if depth is None:
+        raise ValueError("trunk features given, but the model trains its lower layers too (train_top_layers, "
+                         "finetune: full)")
+    if trunk_features.depth != depth:
+        raise ValueError(f"trunk features computed for other settings: a trunk of {trunk_features.depth} layers, "
+                         f"this model freezes {depth}")
+    wanted = _trunk_meta(model, config, precision, depth)
+    if {k: trunk_features.meta.get(k) for k in wanted} != wanted:
+        raise ValueError(f"trunk features computed for other settings: {trunk_features.meta} (this model: {wanted})")
+    missing = trunk_features.missing(sequences)
+    if missing:
+        raise ValueError(f"trunk features miss {missing} of the {len(sequences)} training sequences")
+    log.info("trunk features: the first %d layers' forward read from %d stored sequences", trunk_features.depth,
+             len(trunk_features))
+    return trunk_features
+
+
+def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair] | None = None,
+                       trunk_features: Any = None) -> Path:
     """Train the reward model described by ``config`` and save it; returns the output folder.
 
     ``pairs`` (if given) replaces ``config.data``. A held-out part (``eval_data`` or ``eval_fraction``)
-    gives the final accuracy recorded in ``molma_rm.json`` beside the checkpoint.
+    gives the final accuracy recorded in ``molma_rm.json`` beside the checkpoint. ``trunk_features`` (files
+    written by :func:`write_trunk_features` for the same settings and pairs, or a
+    :class:`~molma.rewards.trunk.TrunkFeatures`): the frozen layers' forward is read from them instead of run.
     """
     from datasets import Dataset
     from transformers import set_seed
@@ -402,11 +491,7 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
              len(eval_pairs), source)
 
     model, tokenizer = build_reward_model(config)
-    prompts = [p.prompt for p in train_pairs]
-    chosen_ids, n_trunc_c = encode_dialogues(tokenizer, prompts, [p.chosen for p in train_pairs],
-                                             config.max_length)
-    rejected_ids, n_trunc_r = encode_dialogues(tokenizer, prompts, [p.rejected for p in train_pairs],
-                                               config.max_length)
+    chosen_ids, rejected_ids, n_trunc_c, n_trunc_r = _encode_pairs(tokenizer, train_pairs, config.max_length)
     lengths = [len(x) for x in chosen_ids + rejected_ids]
     log.info("tokens per dialogue: mean %.0f, max %d; %d of %d truncated from the left to %d", sum(lengths) /
              len(lengths), max(lengths), n_trunc_c + n_trunc_r, len(lengths), config.max_length)
@@ -420,6 +505,7 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
 
     precision = resolve_precision(config.precision, "cpu" if use_cpu else "cuda")
     log.info("precision: %s (config: %s)", precision, config.precision)
+    trunk = _checked_trunk(trunk_features, model, config, precision, chosen_ids + rejected_ids)
     args = RewardConfig(
         output_dir=str(work), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
@@ -457,7 +543,8 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         if tracker:
             trainer.add_callback(Track)
         t_train = time.perf_counter()
-        result = trainer.train()
+        with cached_trunk(model, trunk) if trunk is not None else contextlib.nullcontext():
+            result = trainer.train()
         train_seconds = time.perf_counter() - t_train
     except BaseException:
         tracker.close()
@@ -507,6 +594,7 @@ def train_reward_model(config: RewardTrainConfig, pairs: Sequence[PreferencePair
         "accuracy": eval_result["accuracy"] if eval_result else train_acc,
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1),
+        "trunk_features": ({"depth": trunk.depth, "sequences": len(trunk)} if trunk is not None else None),
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "config": to_dict(config),
         "versions": package_versions(("molma", "torch", "transformers", "trl")),

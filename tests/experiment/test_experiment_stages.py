@@ -363,3 +363,35 @@ def test_rm_safe_seeds_are_checked_before_anything_runs(setup, overrides, messag
     _, path = setup
     with pytest.raises(ValueError, match=message):
         load_config(ExperimentConfig, str(path), overrides)
+
+
+def test_weight_average_members_share_one_frozen_trunk_forward(setup, tmp_path):
+    """With a frozen bottom (train_top_layers) the members read the trunk's features, computed once by the workers
+    in shards; each member is the model it would be without them (up to rounding); the shards are removed."""
+    from safetensors.torch import load_file
+
+    from molma.config import load_config
+    from molma.experiment import ExperimentConfig, judge_pairs, train_judges
+    from molma.rewards import RewardTrainConfig, train_reward_model
+
+    root, path = setup
+    cfg = load_config(ExperimentConfig, str(path), ["rm_safe_candidates=[]", "rm_safe_seeds=[0,1,2]", "workers=2",
+                                                    "rm_safe.train_top_layers=1"])
+    out = tmp_path / "rm"
+    train_judges(cfg, out)
+    assert not (out / "members" / ".trunk").exists()
+    for seed in (0, 1, 2):
+        meta = json.loads((out / "members" / f"rm-safe-seed{seed}" / "molma_rm.json").read_text())
+        assert meta["trunk_features"]["depth"] == 1
+    help_meta = json.loads((out / "rm-help" / "molma_rm.json").read_text())
+    assert help_meta["trunk_features"] is None
+    member_cfg = json.loads((out / "members" / "rm-safe-seed1" / "molma_rm.json").read_text())["config"]
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(RewardTrainConfig)}
+    plain_cfg = RewardTrainConfig(**{**{k: v for k, v in member_cfg.items() if k in fields},
+                                     "output_dir": str(tmp_path / "plain")})
+    plain = load_file(train_reward_model(plain_cfg, pairs=judge_pairs(cfg)[0]["safe"]) / "model.safetensors")
+    cached = load_file(out / "members" / "rm-safe-seed1" / "model.safetensors")
+    for key in plain:
+        torch.testing.assert_close(cached[key], plain[key], atol=1e-4, rtol=1e-4, msg=key)
