@@ -474,36 +474,17 @@ def train_judges(cfg: ExperimentConfig, out: Path) -> None:
     # WARM members share their frozen bottom layers' forward: computed once (split among the workers) into
     # trunk files that every member unfinished so far reads (molma.rewards.trunk); deleted afterwards
     members = [n for n in jobs if n.startswith("safe-seed") and not _finished_reward_model(configs[n])]
-    shares_trunk = (len(members) >= 2 and cfg.rm_safe.get("finetune", "full") == "full"
-                    and cfg.rm_safe.get("train_top_layers") is not None)
+    shares_trunk = (len(members) >= 2 and configs[members[0]].finetune == "full"
+                    and configs[members[0]].train_top_layers is not None)
     trunk_dir = out / "members" / ".trunk"
     n_shards = max(1, min(cfg.workers, 2)) if shares_trunk else 0
     trunk_files = [trunk_dir / f"shard{i}-of-{n_shards}.safetensors" for i in range(n_shards)]
     trunk_of = {name: (trunk_files if name in members and shares_trunk else None) for name in jobs}
     scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
-    if cfg.workers > 1 and len(jobs) > 1:
-        # the trunk shards first, RMhelp as soon as a worker is free, the RMsafe members once the shards are
-        # written (the longest jobs); without shared trunks the RMsafe jobs first
-        with _worker_pool(cfg.workers) as pool:
-            shards = [pool.submit(_trunk_shard_job, configs[members[0]], train_sets["safe"], f, i, n_shards,
-                                  cfg.threads) for i, f in enumerate(trunk_files)]
-            order = sorted(jobs, key=lambda n: (n == "help") != bool(shards))
-            futures = {}
-            for name in order:
-                if name != "help" and shards:
-                    for shard in shards:
-                        shard.result()
-                futures[name] = pool.submit(_train_rm_job, *jobs[name], cfg.threads, trunk_of[name])
-            for name, future in futures.items():
-                scored.update({(name, label): row for label, row in future.result().items()})
-    else:
-        if trunk_files:
-            from molma.rewards.train import write_trunk_features
-
-            write_trunk_features(configs[members[0]], train_sets["safe"], trunk_files[0])
-        for name, job in jobs.items():
-            scored.update({(name, label): row for label, row in _train_and_score_rm(*job, trunk_of[name]).items()})
-    shutil.rmtree(trunk_dir, ignore_errors=True)
+    try:
+        _train_judge_jobs(cfg, configs, jobs, members, trunk_files, trunk_of, train_sets["safe"], scored)
+    finally:
+        shutil.rmtree(trunk_dir, ignore_errors=True)
     if candidates:
         configs["safe"], chosen = _select_rm_safe(cfg, configs, out, scored)
         scored.update({("safe", label): row for (job, label), row in list(scored.items()) if job == chosen})
@@ -527,6 +508,34 @@ def train_judges(cfg: ExperimentConfig, out: Path) -> None:
             rows.append({**row, "model": f"RM{objective}", "data": label})
     write_results(rows, out)
     print(format_table(rows), flush=True)
+
+
+def _train_judge_jobs(cfg: ExperimentConfig, configs: dict, jobs: dict, members: list[str], trunk_files: list[Path],
+                      trunk_of: dict, safe_pairs: list, scored: dict) -> None:
+    """Run the judges stage's jobs (RMhelp, RMsafe candidates or members; the members' trunk shards first) in
+    ``cfg.workers`` processes or in this one; each job's held-out rows go into ``scored``."""
+    if cfg.workers > 1 and len(jobs) > 1:
+        # the trunk shards first, RMhelp as soon as a worker is free, the RMsafe members once the shards are
+        # written (the longest jobs); without shared trunks the RMsafe jobs first
+        with _worker_pool(cfg.workers) as pool:
+            shards = [pool.submit(_trunk_shard_job, configs[members[0]], safe_pairs, f, i, len(trunk_files),
+                                  cfg.threads) for i, f in enumerate(trunk_files)]
+            order = sorted(jobs, key=lambda n: (n == "help") != bool(shards))
+            futures = {}
+            for name in order:
+                if name != "help" and shards:
+                    for shard in shards:
+                        shard.result()
+                futures[name] = pool.submit(_train_rm_job, *jobs[name], cfg.threads, trunk_of[name])
+            for name, future in futures.items():
+                scored.update({(name, label): row for label, row in future.result().items()})
+    else:
+        if trunk_files:
+            from molma.rewards.train import write_trunk_features
+
+            write_trunk_features(configs[members[0]], safe_pairs, trunk_files[0])
+        for name, job in jobs.items():
+            scored.update({(name, label): row for label, row in _train_and_score_rm(*job, trunk_of[name]).items()})
 
 
 def _train_rm_job(rm_cfg, pairs: list, heldout_sets: dict[str, list] | None, threads: int | None,
