@@ -98,11 +98,12 @@ class TrunkFeatures:
         """``[B, T, H]`` stored hidden states for a right-padded batch; zeros at padding (masked anyway)."""
         if input_ids.shape != attention_mask.shape:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)}")
-        lengths = attention_mask.sum(dim=1).tolist()
-        width = input_ids.shape[1]
-        if not bool((attention_mask[:, :1].bool() | (attention_mask.sum(dim=1, keepdim=True) == 0)).all()) or \
-                bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        mask = attention_mask.bool()
+        right_padded = not bool((mask[:, 1:] & ~mask[:, :-1]).any())  # no real token after a padding one
+        if not right_padded:
             raise ValueError("trunk features need right-padded batches (left padding shifts every position)")
+        lengths = mask.sum(dim=1).tolist()
+        width = input_ids.shape[1]
         out = torch.zeros(input_ids.shape[0], width, self.hidden.shape[1], dtype=self.hidden.dtype)
         ids = input_ids.tolist()
         for row, (seq, n) in enumerate(zip(ids, lengths)):
