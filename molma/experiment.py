@@ -477,9 +477,9 @@ def train_judges(cfg: ExperimentConfig, out: Path) -> None:
     shares_trunk = (len(members) >= 2 and configs[members[0]].finetune == "full"
                     and configs[members[0]].train_top_layers is not None)
     trunk_dir = out / "members" / ".trunk"
-    n_shards = max(1, min(cfg.workers, 2)) if shares_trunk else 0
+    n_shards = max(1, cfg.workers) if shares_trunk else 0  # one per worker
     trunk_files = [trunk_dir / f"shard{i}-of-{n_shards}.safetensors" for i in range(n_shards)]
-    trunk_of = {name: (trunk_files if name in members and shares_trunk else None) for name in jobs}
+    trunk_of = {name: (trunk_files if trunk_files and name in members else None) for name in jobs}
     scored: dict[tuple[str, str], dict] = {}  # (objective, held-out set) -> row already computed
     try:
         _train_judge_jobs(cfg, configs, jobs, members, trunk_files, trunk_of, train_sets["safe"], scored)
@@ -515,18 +515,18 @@ def _train_judge_jobs(cfg: ExperimentConfig, configs: dict, jobs: dict, members:
     """Run the judges stage's jobs (RMhelp, RMsafe candidates or members; the members' trunk shards first) in
     ``cfg.workers`` processes or in this one; each job's held-out rows go into ``scored``."""
     if cfg.workers > 1 and len(jobs) > 1:
-        # the trunk shards first, RMhelp as soon as a worker is free, the RMsafe members once the shards are
-        # written (the longest jobs); without shared trunks the RMsafe jobs first
         with _worker_pool(cfg.workers) as pool:
+            def submit(name: str):
+                return pool.submit(_train_rm_job, *jobs[name], cfg.threads, trunk_of[name])
+
             shards = [pool.submit(_trunk_shard_job, configs[members[0]], safe_pairs, f, i, len(trunk_files),
                                   cfg.threads) for i, f in enumerate(trunk_files)]
-            order = sorted(jobs, key=lambda n: (n == "help") != bool(shards))
-            futures = {}
-            for name in order:
-                if name != "help" and shards:
-                    for shard in shards:
-                        shard.result()
-                futures[name] = pool.submit(_train_rm_job, *jobs[name], cfg.threads, trunk_of[name])
+            # with trunk shards: RMhelp queued behind them, the members once every shard is written; without: the
+            # RMsafe jobs first (the longest), RMhelp when a worker is free
+            futures = {name: submit(name) for name in jobs if (name == "help") == bool(shards)}
+            for shard in shards:
+                shard.result()
+            futures.update({name: submit(name) for name in jobs if name not in futures})
             for name, future in futures.items():
                 scored.update({(name, label): row for label, row in future.result().items()})
     else:

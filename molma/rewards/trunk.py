@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,6 @@ import torch
 from torch import nn
 
 from molma.models.blocks import named_transformer_blocks
-
-log = logging.getLogger(__name__)
 
 FORMAT = "molma-trunk-features-1"
 
