@@ -14,7 +14,11 @@
 6. overhead: a forward's fixed cost in tokens (no-grad forward, and forward + backward) on rows of one rollout
    batch, fitted over 2 / 4 / 8 / 16 rows, what molma.models.prefill's grouping charges per extra forward;
 7. agreement: a short learning MOLMA run (lr 1e-3) in fp32 and bf16 from the same seed, reward curves compared
-   with the gap between two fp32 seeds (the noise).
+   with the gap between two fp32 seeds (the noise);
+8. decoding: the bf16 rollout with and without each of two decoding shortcuts that change no number (session
+   16): sibling projections as one product (molma.models.fusion) and keys cached in the dtype the attention
+   reads (molma.models.prefill.keys_to_attend), four variants in alternating rounds, with a check that all
+   four draw the same tokens with the same log-probs.
 
 Objectives are rule-based (`length` with several caps, `banned_words`) so the timing is of the trainer, not
 of reward models. The learning rate is ~0 (1e-12): every variant samples the same responses (sampling is
@@ -190,6 +194,56 @@ def generation_speed(args) -> dict:
             "batch": args.experience, "max_new_tokens": args.max_new_tokens, "model": "SmolLM2-135M + LoRA r 8"}
 
 
+@contextlib.contextmanager
+def decoding_shortcuts(fused: bool, half_keys: bool):
+    """Inside: the rollout with or without fused sibling projections and keys cached in bf16 (``decoding``)."""
+    from molma.models import precision
+
+    saved = precision._fused_siblings, prefill.keys_to_attend
+    if not fused:
+        precision._fused_siblings = lambda *a, **k: contextlib.nullcontext()
+    if not half_keys:
+        prefill.keys_to_attend = lambda keys, values: keys
+    try:
+        yield
+    finally:
+        precision._fused_siblings, prefill.keys_to_attend = saved
+
+
+def decoding_speed(args) -> dict:
+    """The bf16 rollout of ``--prompts`` (the trainer's LoRA policy, as in ``generation``) with neither, each and
+    both of the session-16 decoding shortcuts, alternating; tokens/s medians, ratios to neither, and whether every
+    variant drew the same tokens with the same log-probs in each round (they must: neither shortcut changes a
+    number)."""
+    from molma.data.chat import render_prompt
+    from molma.models import load_model
+    from molma.models.precision import autocast
+    from molma.rl.rollout import GenerationSettings, generate
+
+    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
+    model.eval()
+    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, max_prompt_tokens=96)
+    variants = {"neither": (False, False), "fused": (True, False), "half_keys": (False, True), "both": (True, True)}
+    speeds: dict[str, list[float]] = {name: [] for name in variants}
+    identical = True
+    for r in range(args.rounds + 1):
+        drawn = []
+        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
+            t0 = time.perf_counter()
+            with decoding_shortcuts(*variants[name]), autocast(model, "bf16", sampling=True):
+                batch, logp = generate(model, tok, texts, settings, seed=r)
+            if r:  # round 0 is a warm-up
+                speeds[name].append(int(batch.response_mask.sum()) / (time.perf_counter() - t0))
+            drawn.append((batch.input_ids, logp))
+        identical &= all(torch.equal(ids, drawn[0][0]) and torch.equal(lp, drawn[0][1]) for ids, lp in drawn)
+    med = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
+    return {"tokens_per_s": med, "raw": {k: [round(x, 1) for x in v] for k, v in speeds.items()},
+            "ratio_to_neither": {k: round(v / med["neither"], 3) for k, v in med.items()},
+            "same_tokens_and_logprobs": identical, "prompts": args.prompts, "batch": args.experience,
+            "max_new_tokens": args.max_new_tokens}
+
+
 def policy_and_rollout(args):
     """The trainer's policy (SmolLM2 + LoRA r 8, in training mode) and one bf16 rollout batch of ``--prompts``:
     what the ``lengths`` and ``overhead`` parts time forwards on."""
@@ -346,6 +400,8 @@ def main() -> None:
             out["lengths"] = length_grouping_speed(args)
         if "overhead" in parts:
             out["overhead"] = forward_overhead(args)
+        if "decoding" in parts:
+            out["decoding"] = decoding_speed(args)
         if "prefix" in parts:
             settings = {"algo": "molma", "precision": "bf16", "objectives": objectives(2)}
             rows_of: dict[str, list[dict]] = {"shared": [], "groups_only": []}
@@ -389,7 +445,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps({k: v for k, v in out.items()
                       if k in ("precision", "generation", "lengths", "overhead", "prefix", "objectives",
-                               "agreement")},
+                               "agreement", "decoding")},
                      default=str)[:3000])
 
 

@@ -19,6 +19,7 @@ padded batch; only the floating-point rounding of differently shaped matrix prod
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -70,6 +71,44 @@ def cache_argument(model) -> str:
     ``past_key_values`` before)."""
     params = inspect.signature(model.get_decoder().forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def new_cache(config):
+    """An empty ``DynamicCache`` for ``config`` that keeps keys in their attention's dtype (:func:`keys_to_attend`):
+    every cache molma builds for a prompt or hands to ``generate``."""
+    return _attention_dtype_cache_class()(config=config)
+
+
+def keys_to_attend(keys: Tensor, values: Tensor) -> Tensor:
+    """``keys`` as the attention will read them: under autocast to the values' half-precision dtype, the rotary
+    embedding's float32 cos / sin promote bf16 keys to float32, which sdpa and eager attention cast back to bf16
+    at every call. Cached as float32, decoding would append to twice the bytes and cast the whole cache again at
+    every step (tested: the same attention output bit for bit either way)."""
+    device = keys.device.type
+    if (keys.dtype != values.dtype and torch.is_autocast_enabled(device)
+            and torch.get_autocast_dtype(device) == values.dtype):
+        return keys.to(values.dtype)
+    return keys
+
+
+@functools.cache
+def _attention_dtype_cache_class():
+    from transformers import DynamicCache
+
+    class AttentionDtypeCache(DynamicCache):
+        """A ``DynamicCache`` storing :func:`keys_to_attend` of the keys it is given."""
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            return super().update(keys_to_attend(key_states, value_states), value_states, layer_idx, *args,
+                                  **kwargs)
+
+    return AttentionDtypeCache
+
+
+def _plain_decoder(model) -> bool:
+    """A decoder-only transformers model (whose cache :func:`prefill_cache` can build)."""
+    config = getattr(model, "config", None)
+    return config is not None and not getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_decoder")
 
 
 def shared_prefix_length(sequences: list[list[int]]) -> int:
@@ -149,12 +188,10 @@ class SharedPrefix:
     after it. Gradients flow into the prefix's forward when enabled (its keys and values serve every row)."""
 
     def __init__(self, model, prefix_ids: Tensor):
-        from transformers import DynamicCache
-
         self.length = prefix_ids.shape[-1]
         self.config = model.config
         self.argument = cache_argument(model)
-        self.cache = DynamicCache(config=self.config)
+        self.cache = new_cache(self.config)
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
         decoder(input_ids=prefix_ids.view(1, -1), attention_mask=torch.ones_like(prefix_ids.view(1, -1)),
                 position_ids=torch.arange(self.length, device=prefix_ids.device)[None], use_cache=True,
@@ -162,9 +199,7 @@ class SharedPrefix:
 
     def expanded(self, rows: int):
         """A fresh cache holding the prefix for ``rows`` rows (views until a forward appends to it)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.config)
+        cache = new_cache(self.config)
         for layer, cached in enumerate(self.cache.layers):
             cache.update(cached.keys.expand(rows, -1, -1, -1), cached.values.expand(rows, -1, -1, -1), layer)
         return cache
@@ -180,9 +215,12 @@ class SharedPrefix:
 
 def prefilled(model, input_ids: Tensor, attention_mask: Tensor) -> dict:
     """Keyword arguments for ``model.generate`` that hand it the prompt's cache built by :func:`prefill_cache`
-    (``{}`` when the padded batch's own prefill is as good); the one call site of the rollout and evaluation."""
+    (when the padded batch's own prefill is as good, an empty :func:`new_cache`: ``generate`` fills it); the one call
+    site of the rollout and evaluation. ``{}`` for other models."""
+    if not _plain_decoder(model):
+        return {}
     cache = prefill_cache(model, input_ids, attention_mask)
-    return {} if cache is None else {cache_argument(model): cache}
+    return {cache_argument(model): new_cache(model.config) if cache is None else cache}
 
 
 @torch.no_grad()
@@ -193,11 +231,9 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
     per group of similar length); ``generate`` given it and the whole batch runs the last column and decodes on.
     None when the padded batch's own prefill is as cheap or the model is not a plain decoder-only transformers
     model."""
-    from transformers import DynamicCache
-
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False) or not hasattr(model, "get_decoder"):
+    if not _plain_decoder(model):
         return None
+    config = model.config
     B, P = input_ids.shape
     if P < 2:
         return None
@@ -215,7 +251,7 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
         prefix = SharedPrefix(model, input_ids[0, first:first + C])
     prefix_cache = None if prefix is None else prefix.cache
     decoder = model.get_decoder()
-    parts: list[tuple[Tensor, int, DynamicCache]] = []  # (row indices, width after the prefix, the group's cache)
+    parts: list[tuple[Tensor, int, object]] = []  # (row indices, width after the prefix, the group's cache)
     for rows in plan.groups:
         rest = torch.tensor([lengths[r] - C for r in rows], device=device)
         width = int(rest.max())
@@ -231,7 +267,7 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
             inputs = prefix.inputs(ids, mask, positions)
         else:
             inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-                      name: DynamicCache(config=config)}
+                      name: new_cache(config)}
         decoder(**inputs, use_cache=True)
         parts.append((idx, width, inputs[name]))
     # a layer that keeps fewer columns (a sliding window shorter than the prompt) or no key tensor (a recurrent
@@ -245,7 +281,7 @@ def prefill_cache(model, input_ids: Tensor, attention_mask: Tensor, overhead_tok
     # each row's columns end at P - 1: [padding | prefix | its own tokens]
     starts = torch.tensor([P - 1 - n for n in lengths], device=device)
     prefix_columns = starts[:, None] + torch.arange(C, device=device)  # [B, C]
-    full = DynamicCache(config=config)
+    full = new_cache(config)
     for layer in range(len(caches[0][1].layers)):
         assembled = []
         for tensors in ("keys", "values"):

@@ -1,0 +1,162 @@
+"""Decoding shortcuts that must not change a number: sibling projections as one product
+(molma.models.fusion) and keys cached in the dtype the attention reads (molma.models.prefill.keys_to_attend)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import molma.models.precision as precision
+import molma.models.prefill as prefill
+from molma.models.fusion import SharedInputProduct, sibling_groups
+from molma.rl.rollout import GenerationSettings, generate
+
+
+def _shared(weights):
+    stacked = torch.cat(weights)
+    calls = []
+
+    def product(x):
+        calls.append(x)
+        return F.linear(x, stacked)
+
+    return SharedInputProduct(product, [w.shape[0] for w in weights]), calls
+
+
+def test_siblings_take_their_slice_of_one_product():
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n, 8, generator=g) for n in (6, 2, 2)]
+    shared, calls = _shared(weights)
+    q, k, v = (shared.member(i) for i in range(3))
+    x = torch.randn(4, 3, 8, generator=g)
+    outs = [q(x), k(x), v(x)]
+    assert len(calls) == 1  # one product served all three
+    for out, w in zip(outs, weights, strict=True):
+        torch.testing.assert_close(out, F.linear(x, w))
+    assert shared._input is None  # every slice served: the input is not held until the next step
+
+
+def test_a_sibling_given_another_input_computes_its_own():
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn(n, 8, generator=g) for n in (5, 3)]
+    shared, calls = _shared(weights)
+    gate, up = shared.member(0), shared.member(1)
+    x, y = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    gate(x)
+    torch.testing.assert_close(up(y), F.linear(y, weights[1]))  # not x's slice
+    assert len(calls) == 2
+    # the same tensor changed in place since the product: computed afresh, not the stale slice
+    z = torch.randn(2, 8, generator=g)
+    gate(z)
+    z.mul_(2.0)
+    torch.testing.assert_close(up(z), F.linear(z, weights[1]))
+    # a member called twice on one input: the second call recomputes (its slice was served)
+    gate(x)
+    torch.testing.assert_close(gate(x), F.linear(x, weights[0]))
+
+
+def test_sibling_groups_are_llama_q_k_v_and_gate_up(tiny_model):
+    model, _ = tiny_model
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    groups = sibling_groups(model, layers)
+    n_blocks = model.config.num_hidden_layers
+    assert len(groups) == 2 * n_blocks
+    attn = model.model.layers[0].self_attn
+    assert [attn.q_proj, attn.k_proj, attn.v_proj] in groups
+    # a layer molma does not replace (here: k_proj) leaves its group unfused
+    assert [attn.q_proj, attn.k_proj, attn.v_proj] not in sibling_groups(model, set(layers) - {attn.k_proj})
+
+
+def _lora_policy(tiny_model):
+    from molma.models import LoraSettings, apply_lora
+
+    model, tok = tiny_model
+    policy = apply_lora(model, LoraSettings(r=2, alpha=4))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return policy, tok
+
+
+TEXTS = ["hello there", "what is the capital of france and why", "tell me a story"]
+
+
+@pytest.mark.parametrize("which", ["lora", "frozen"])
+def test_fused_siblings_leave_generation_unchanged(tiny_model, monkeypatch, which):
+    """The rollout (bf16, sampling head) with q/k/v and gate/up as one product per block draws the same tokens
+    with the same log-probs as with one product per layer, for a LoRA policy (folded weights) and a frozen
+    model (halved weights)."""
+    if which == "lora":
+        model, tok = _lora_policy(tiny_model)
+    else:
+        model, tok = tiny_model
+        model.requires_grad_(False)
+    settings = GenerationSettings(max_new_tokens=8, max_prompt_tokens=32)
+    fused = precision._fused_siblings
+    calls = []
+
+    def counting(*args, **kwargs):
+        ctx = fused(*args, **kwargs)
+        calls.append(ctx)
+        return ctx
+
+    def run(fuse):
+        monkeypatch.setattr(precision, "_fused_siblings",
+                            counting if fuse else (lambda *a, **k: contextlib.nullcontext()))
+        with precision.autocast(model, "bf16", sampling=True):
+            if fuse:  # the fused forwards are in place inside the context
+                assert "forward" in model.get_decoder().layers[0].self_attn.k_proj.__dict__
+            return generate(model, tok, TEXTS, settings, seed=3)
+
+    fused_batch, fused_logp = run(True)
+    plain_batch, plain_logp = run(False)
+    assert calls
+    assert torch.equal(fused_batch.input_ids, plain_batch.input_ids)
+    torch.testing.assert_close(fused_logp, plain_logp, rtol=0, atol=1e-6)
+    assert not any("forward" in m.__dict__ for m in model.modules())  # restored
+
+
+def test_keys_are_cached_in_the_dtype_the_attention_reads():
+    keys, values = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8).bfloat16()
+    assert prefill.keys_to_attend(keys, values) is keys  # no autocast: left as they are
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert prefill.keys_to_attend(keys, values).dtype == torch.bfloat16
+        assert prefill.keys_to_attend(keys, values.float()).dtype == torch.float32  # fp32 values: unchanged
+        q = torch.randn(2, 3, 1, 8)
+        mask = torch.ones(2, 1, 1, 4, dtype=torch.bool)
+        for attend in (lambda k: F.scaled_dot_product_attention(q, k, values, attn_mask=mask),
+                       lambda k: torch.matmul(q, k.transpose(-1, -2))):  # sdpa and eager attention cast them anyway
+            assert torch.equal(attend(keys), attend(prefill.keys_to_attend(keys, values)))
+
+
+def test_rollout_caches_half_keys_and_draws_what_float32_keys_draw(tiny_model, monkeypatch):
+    model, tok = _lora_policy(tiny_model)
+    settings = GenerationSettings(max_new_tokens=8, max_prompt_tokens=32)
+    seen = []
+    keys_to_attend = prefill.keys_to_attend
+    cache_class = prefill._attention_dtype_cache_class()
+    update = cache_class.update
+
+    def run(cast):
+        monkeypatch.setattr(prefill, "keys_to_attend", keys_to_attend if cast else (lambda k, v: k))
+
+        def recording(self, key_states, value_states, layer_idx, *args, **kwargs):
+            out = update(self, key_states, value_states, layer_idx, *args, **kwargs)
+            seen.append((cast, self.layers[layer_idx].keys.dtype))
+            return out
+
+        monkeypatch.setattr(cache_class, "update", recording)
+        with precision.autocast(model, "bf16", sampling=True):
+            return generate(model, tok, TEXTS, settings, seed=4)
+
+    half_batch, half_logp = run(True)
+    full_batch, full_logp = run(False)
+    assert {dtype for cast, dtype in seen if cast} == {torch.bfloat16}
+    assert {dtype for cast, dtype in seen if not cast} == {torch.float32}  # what the rotary embedding gives
+    assert torch.equal(half_batch.input_ids, full_batch.input_ids)
+    torch.testing.assert_close(half_logp, full_logp, rtol=0, atol=0)
