@@ -70,11 +70,11 @@ def test_sibling_groups_are_llama_q_k_v_and_gate_up(tiny_model):
     assert [attn.q_proj, attn.k_proj, attn.v_proj] not in sibling_groups(model, set(layers) - {attn.k_proj})
 
 
-def _lora_policy(tiny_model):
+def _lora_policy(tiny_model, target_modules="all-linear"):
     from molma.models import LoraSettings, apply_lora
 
     model, tok = tiny_model
-    policy = apply_lora(model, LoraSettings(r=2, alpha=4))
+    policy = apply_lora(model, LoraSettings(r=2, alpha=4, target_modules=target_modules))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, p in policy.named_parameters():
@@ -86,13 +86,15 @@ def _lora_policy(tiny_model):
 TEXTS = ["hello there", "what is the capital of france and why", "tell me a story"]
 
 
-@pytest.mark.parametrize("which", ["lora", "frozen"])
+@pytest.mark.parametrize("which", ["lora", "lora_q_v", "frozen"])
 def test_fused_siblings_leave_generation_unchanged(tiny_model, monkeypatch, which):
     """The rollout (bf16, sampling head) with q/k/v and gate/up as one product per block draws the same tokens
-    with the same log-probs as with one product per layer, for a LoRA policy (folded weights) and a frozen
-    model (halved weights)."""
+    with the same log-probs as with one product per layer, for a LoRA policy (folded weights), one with adapters
+    on q and v only (a group of folded and halved weights) and a frozen model (halved weights)."""
     if which == "lora":
         model, tok = _lora_policy(tiny_model)
+    elif which == "lora_q_v":
+        model, tok = _lora_policy(tiny_model, ["q_proj", "v_proj"])
     else:
         model, tok = tiny_model
         model.requires_grad_(False)
@@ -160,3 +162,36 @@ def test_rollout_caches_half_keys_and_draws_what_float32_keys_draw(tiny_model, m
     assert {dtype for cast, dtype in seen if not cast} == {torch.float32}  # what the rotary embedding gives
     assert torch.equal(half_batch.input_ids, full_batch.input_ids)
     torch.testing.assert_close(half_logp, full_logp, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fold_rows", [7, 64, 4096])
+def test_lora_folds_block_by_block_into_the_sum_of_one_pass(monkeypatch, fold_rows):
+    """The folded decoding weight ``W + s B A``, computed block by block of rows (into a stacked weight's block
+    too), equals the one-pass float32 sum rounded to bf16, for two active adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(40, 150)
+
+    torch.manual_seed(0)
+    net = get_peft_model(Net(), LoraConfig(r=4, lora_alpha=8, target_modules=["proj"]))
+    net.add_adapter("second", LoraConfig(r=2, lora_alpha=6, target_modules=["proj"]))
+    layer = net.base_model.model.proj
+    layer.set_adapter(["default", "second"])
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p is not layer.base_layer.weight and p is not layer.base_layer.bias:
+                p.normal_(0, 0.1)
+    expected = layer.base_layer.weight.detach().float()
+    for name in ("default", "second"):
+        expected = torch.addmm(expected, layer.lora_B[name].weight, layer.lora_A[name].weight,
+                               alpha=layer.scaling[name])
+    monkeypatch.setattr(precision, "FOLD_ROWS", fold_rows)
+    weight, bias = precision._folded_weight(layer, torch.bfloat16)
+    torch.testing.assert_close(weight, expected.to(torch.bfloat16), rtol=0, atol=0)
+    stacked = torch.zeros(160, 40, dtype=torch.bfloat16)
+    precision._folded_weight(layer, torch.bfloat16, out=stacked[10:])
+    assert torch.equal(stacked[10:], weight) and not stacked[:10].any()
+    torch.testing.assert_close(bias, layer.base_layer.bias.detach().to(torch.bfloat16))
