@@ -129,6 +129,11 @@ def test_keys_are_cached_in_the_dtype_the_attention_reads():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert prefill.keys_to_attend(keys, values).dtype == torch.bfloat16
         assert prefill.keys_to_attend(keys, values.float()).dtype == torch.float32  # fp32 values: unchanged
+        # a forward that backpropagates keeps float32 keys: gradients of shared keys are summed in their dtype
+        trained = keys.clone().requires_grad_()
+        assert prefill.keys_to_attend(trained, values) is trained
+        with torch.no_grad():
+            assert prefill.keys_to_attend(trained, values).dtype == torch.bfloat16
         q = torch.randn(2, 3, 1, 8)
         mask = torch.ones(2, 1, 1, 4, dtype=torch.bool)
         for attend in (lambda k: F.scaled_dot_product_attention(q, k, values, attn_mask=mask),
