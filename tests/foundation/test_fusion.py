@@ -200,3 +200,33 @@ def test_lora_folds_block_by_block_into_the_sum_of_one_pass(monkeypatch, fold_ro
     precision._folded_weight(layer, torch.bfloat16, out=stacked[10:])
     assert torch.equal(stacked[10:], weight) and not stacked[:10].any()
     torch.testing.assert_close(bias, layer.base_layer.bias.detach().to(torch.bfloat16))
+
+
+def test_a_bf16_training_run_logs_the_same_numbers_with_the_decoding_shortcuts(tmp_path, monkeypatch):
+    """End to end: MOLMA in bf16 on the toy policy gives the same metrics (rewards, KL, losses, gradients) with
+    and without both shortcuts: they touch decoding and inference forwards only, never a gradient."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from molma.rl import MultiObjectiveTrainer, TrainConfig
+    from tests.rl import toy
+
+    model, tok = toy.toy_policy()
+    fused, keys_to_attend = precision._fused_siblings, prefill.keys_to_attend
+    logs = []
+    for shortcuts in (True, False):
+        monkeypatch.setattr(precision, "_fused_siblings",
+                            fused if shortcuts else (lambda *a, **k: contextlib.nullcontext()))
+        monkeypatch.setattr(prefill, "keys_to_attend", keys_to_attend if shortcuts else (lambda k, v: k))
+        cfg = TrainConfig(algo="molma", objectives={"long": "rule:length", "clean": "rule:banned_words"},
+                          help_objective="long", safe_objective="clean", iterations=3, experience_size=16,
+                          minibatch_size=16, max_new_tokens=8, lr=5e-3, critic_backbone="frozen", seed=1,
+                          prompt_mix={"help": 0.5, "safe": 0.5}, precision="bf16", report_to="none",
+                          progress=False, save_every=0, out=str(tmp_path / str(shortcuts)))
+        MultiObjectiveTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, objectives=toy.objectives(),
+                              prompt_pools=toy.pools()).train()
+        rows = [json.loads(line) for line in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
+        logs.append([{k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_s"}
+                     for row in rows])
+    assert logs[0] == logs[1]
