@@ -199,11 +199,13 @@ def _folded_weight(layer: nn.Module, dtype: torch.dtype, out: torch.Tensor | Non
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A plain LoRA layer's weight with its active adapters folded in, ``W + s B A`` (summed in float32, rounded
     once to ``dtype``), and its base's bias in ``dtype``: the weight of :func:`_lora_forwards`' merged forward.
-    Written into ``out`` (``[out_features, in_features]``, ``dtype``: e.g. a block of a stacked weight) if given."""
+    Written into ``out`` (``[out_features, in_features]``, ``dtype``: e.g. a block of a stacked weight) if given.
+    Autocast is off inside: the inference context folds within its autocast region, where a plain ``addmm`` runs in
+    bf16 (so it did until session 16: both terms rounded before the sum)."""
     base = layer.get_base_layer()
     active = [a for a in layer.active_adapters if a in layer.lora_A]
     bias = None if base.bias is None else base.bias.detach().to(dtype)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=base.weight.device.type, enabled=False):
         weight = base.weight.detach()
         out = torch.empty(weight.shape, dtype=dtype, device=weight.device) if out is None else out
         if getattr(layer, "fan_in_fan_out", False):  # weights stored transposed: peft's own delta

@@ -196,6 +196,9 @@ def test_lora_folds_block_by_block_into_the_sum_of_one_pass(monkeypatch, fold_ro
     monkeypatch.setattr(precision, "FOLD_ROWS", fold_rows)
     weight, bias = precision._folded_weight(layer, torch.bfloat16)
     torch.testing.assert_close(weight, expected.to(torch.bfloat16), rtol=0, atol=0)
+    # inside autocast too (where the inference context folds): a float32 sum, not autocast's bf16 addmm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(precision._folded_weight(layer, torch.bfloat16)[0], weight, rtol=0, atol=0)
     stacked = torch.zeros(160, 40, dtype=torch.bfloat16)
     precision._folded_weight(layer, torch.bfloat16, out=stacked[10:])
     assert torch.equal(stacked[10:], weight) and not stacked[:10].any()
