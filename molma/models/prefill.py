@@ -219,12 +219,19 @@ class SharedPrefix:
 
 def prefilled(model, input_ids: Tensor, attention_mask: Tensor) -> dict:
     """Keyword arguments for ``model.generate`` that hand it the prompt's cache built by :func:`prefill_cache`
-    (when the padded batch's own prefill is as good, an empty :func:`new_cache`: ``generate`` fills it); the one call
-    site of the rollout and evaluation. ``{}`` for other models."""
+    (when the padded batch's own prefill is as good, an empty :func:`new_cache` that ``generate`` fills, for models
+    whose default cache is a ``DynamicCache``); the one call site of the rollout and evaluation. ``{}`` for other
+    models (``generate`` then builds the cache they need)."""
     if not _plain_decoder(model):
         return {}
     cache = prefill_cache(model, input_ids, attention_mask)
-    return {cache_argument(model): new_cache(model.config) if cache is None else cache}
+    if cache is None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        dynamic = getattr(type(base), "_supports_default_dynamic_cache", None)
+        if not (callable(dynamic) and dynamic()):
+            return {}
+        cache = new_cache(model.config)
+    return {cache_argument(model): cache}
 
 
 @torch.no_grad()

@@ -233,3 +233,16 @@ def test_a_bf16_training_run_logs_the_same_numbers_with_the_decoding_shortcuts(t
         logs.append([{k: v for k, v in row.items() if not k.startswith("time/") and k != "tokens_per_s"}
                      for row in rows])
     assert logs[0] == logs[1]
+
+
+def test_generate_gets_an_attention_dtype_cache_only_where_a_dynamic_cache_is_the_default(tiny_model, monkeypatch):
+    """When the padded prefill is kept (one-token prompts here: nothing to build), ``generate`` is handed an empty
+    cache of molma's kind for a model whose default cache is a DynamicCache, and nothing for one that needs its own."""
+    model, tok = tiny_model
+    ids = torch.tensor([[5]])
+    mask = torch.ones_like(ids)
+    args = prefill.prefilled(model, ids, mask)
+    (cache,) = args.values()
+    assert isinstance(cache, prefill._attention_dtype_cache_class()) and cache.get_seq_length() == 0
+    monkeypatch.setattr(type(model), "_supports_default_dynamic_cache", classmethod(lambda cls: False))
+    assert prefill.prefilled(model, ids, mask) == {}
