@@ -231,9 +231,26 @@ def _folded_weight(layer: nn.Module, dtype: torch.dtype, out: torch.Tensor | Non
         return out, bias
 
 
-def _half_weight(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``layer``'s weight and bias as ``dtype`` copies (no gradient)."""
-    return layer.weight.detach().to(dtype), None if layer.bias is None else layer.bias.detach().to(dtype)
+def _half_weight(layer: nn.Linear, dtype: torch.dtype, out: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``layer``'s weight and bias as ``dtype`` copies (no gradient); the weight written into ``out`` if given (as
+    :func:`_folded_weight`)."""
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+    if out is None:
+        return layer.weight.detach().to(dtype), bias
+    return out.copy_(layer.weight.detach()), bias
+
+
+def _with_peft_arguments(layer: nn.Module, run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A LoRA layer's replacement forward: ``run(x)``, or peft's own forward when called with more arguments
+    (e.g. peft's per-row ``adapter_names``)."""
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs:
+            return type(layer).forward(layer, x, *args, **kwargs)
+        return run(x)
+
+    return forward
 
 
 def _lora_forwards(layers: list[nn.Module], dtype: torch.dtype, merged: bool):
@@ -254,25 +271,19 @@ def _lora_forwards(layers: list[nn.Module], dtype: torch.dtype, merged: bool):
     """
 
     def molma_forward(layer: nn.Module) -> Callable[..., torch.Tensor]:
+        if merged:  # the packed form is the only copy kept (no closure holds the unpacked one)
+            return _with_peft_arguments(layer, packed_linear(*_folded_weight(layer, dtype)))
         active = [a for a in layer.active_adapters if a in layer.lora_A]
-        folded = None
-        if merged:  # the packed form is the only copy kept (the closure below must not hold the unpacked one)
-            folded, weight, bias = packed_linear(*_folded_weight(layer, dtype)), None, None
-        else:
-            weight, bias = _half_weight(layer.get_base_layer(), dtype)
+        weight, bias = _half_weight(layer.get_base_layer(), dtype)
 
-        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if args or kwargs:  # e.g. peft's per-row adapter_names: its own forward
-                return type(layer).forward(layer, x, *args, **kwargs)
-            if folded is not None:
-                return folded(x)
+        def run(x: torch.Tensor) -> torch.Tensor:
             out = F.linear(x.to(dtype), weight, bias)
             for adapter in active:
                 low = F.linear(layer.lora_dropout[adapter](x).to(dtype), layer.lora_A[adapter].weight)
                 out = out + F.linear(low * layer.scaling[adapter], layer.lora_B[adapter].weight)
             return out
 
-        return forward
+        return _with_peft_arguments(layer, run)
 
     return _replaced_forwards({layer: molma_forward(layer) for layer in layers if "forward" not in layer.__dict__})
 
@@ -319,33 +330,17 @@ def _fused_siblings(model: nn.Module, dtype: torch.dtype, lora: list[nn.Module],
             continue
         sizes = [base.weight.shape[0] for base in bases]
         stacked = torch.empty((sum(sizes), bases[0].weight.shape[1]), dtype=dtype, device=bases[0].weight.device)
-        biases = []
-        for layer, block in zip(group, stacked.split(sizes), strict=True):  # each layer's weight into its block
-            if layer in folds:
-                biases.append(_folded_weight(layer, dtype, out=block)[1])
-            else:
-                biases.append(None if layer.bias is None else layer.bias.detach().to(dtype))
-                block.copy_(layer.weight.detach())
+        biases = [(_folded_weight if layer in folds else _half_weight)(layer, dtype, out=block)[1]  # weights in place
+                  for layer, block in zip(group, stacked.split(sizes), strict=True)]
         bias = None
         if any(b is not None for b in biases):
             bias = torch.cat([b if b is not None else stacked.new_zeros(n) for b, n in zip(biases, sizes, strict=True)])
         shared = SharedInputProduct(packed_linear(stacked, bias), sizes)
         del stacked, bias
         for index, layer in enumerate(group):
-            forwards[layer] = _member_forward(layer, shared.member(index), lora=layer in folds)
+            run = shared.member(index)
+            forwards[layer] = _with_peft_arguments(layer, run) if layer in folds else run
     return _replaced_forwards(forwards)
-
-
-def _member_forward(layer: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], lora: bool):
-    if not lora:
-        return run
-
-    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args or kwargs:  # e.g. peft's per-row adapter_names: its own forward
-            return type(layer).forward(layer, x, *args, **kwargs)
-        return run(x)
-
-    return forward
 
 
 @contextlib.contextmanager
