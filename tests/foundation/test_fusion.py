@@ -13,6 +13,7 @@ import molma.models.precision as precision
 import molma.models.prefill as prefill
 from molma.models.fusion import SharedInputProduct, sibling_groups
 from molma.rl.rollout import GenerationSettings, generate
+from tests.foundation.lora import lora_policy_with_trained_adapters
 
 
 def _shared(weights):
@@ -71,16 +72,8 @@ def test_sibling_groups_are_llama_q_k_v_and_gate_up(tiny_model):
 
 
 def _lora_policy(tiny_model, target_modules="all-linear"):
-    from molma.models import LoraSettings, apply_lora
-
     model, tok = tiny_model
-    policy = apply_lora(model, LoraSettings(r=2, alpha=4, target_modules=target_modules))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return policy, tok
+    return lora_policy_with_trained_adapters(model, seed=5, target_modules=target_modules), tok
 
 
 TEXTS = ["hello there", "what is the capital of france and why", "tell me a story"]

@@ -11,6 +11,7 @@ import molma.models.precision as precision
 from molma.models import packing
 from molma.models.packing import packed_linear
 from molma.rl.rollout import GenerationSettings, generate
+from tests.foundation.lora import lora_policy_with_trained_adapters
 
 PACKS = {torch.bfloat16: packing._mkldnn_packing(), torch.float32: packing._mkl_packing()}
 
@@ -52,15 +53,10 @@ def test_packed_linear_refuses_a_gradient_it_cannot_give(dtype):
 
 def _policy_and_reference(tiny_model):
     """A LoRA policy with non-zero adapters (folded into the decoding weights) and a frozen reference."""
-    from molma.models import LoraSettings, apply_lora, tiny_llama
+    from molma.models import tiny_llama
 
     model, tok = tiny_model
-    policy = apply_lora(model, LoraSettings(r=2, alpha=4))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    policy = lora_policy_with_trained_adapters(model, seed=5)
     reference, _ = tiny_llama(seed=0)
     reference.requires_grad_(False)
     return {"policy": policy, "reference": reference}, tok

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from molma.models.precision import autocast, output_layers, resolve_precision
 from molma.rl.rollout import GenerationSettings, generate, sequence_logprobs
+from tests.foundation.lora import lora_policy_with_trained_adapters
 
 
 def test_resolve_precision():
@@ -108,19 +109,6 @@ def test_frozen_layers_use_one_half_copy_with_the_results_of_plain_autocast(tiny
     assert all(p.dtype == torch.float32 for p in policy.parameters())
 
 
-def _lora_policy_with_trained_adapters(model, r: int = 2):
-    """A LoRA policy whose adapters are not zero (peft starts B at zero: the merge would add nothing)."""
-    from molma.models import LoraSettings, apply_lora
-
-    policy = apply_lora(model, LoraSettings(r=r, alpha=2 * r))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return policy
-
-
 def test_inference_context_folds_the_adapters_into_one_half_weight_and_restores_everything(tiny_model):
     """``autocast(..., inference=True)`` (generation) runs each LoRA layer as one bf16 matmul with W + s B A:
     the logits are as close to float32 as the unmerged bf16 forward's, with the adapters disabled they are the
@@ -128,7 +116,7 @@ def test_inference_context_folds_the_adapters_into_one_half_weight_and_restores_
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     model, tok = tiny_model
-    policy = _lora_policy_with_trained_adapters(model)
+    policy = lora_policy_with_trained_adapters(model)
     ids = tok(["hello there, how are you doing today"], return_tensors="pt")["input_ids"]
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     with torch.no_grad():
@@ -167,7 +155,7 @@ def test_merged_generation_logprobs_match_the_training_forward_on_smollm2(contex
         model, tok = load_model("smollm2-135m-instruct")
     except ModelNotAvailableError as err:  # pragma: no cover - the wheel is installed by make
         pytest.skip(str(err))
-    policy = _lora_policy_with_trained_adapters(model, r=8)
+    policy = lora_policy_with_trained_adapters(model, r=8)
     texts = [render_prompt(tok, p.text) for p in load_builtin_prompts("help")[:4]]
     with autocast(policy, "bf16", **{context: True}):
         batch, logp_rollout = generate(policy, tok, texts, GenerationSettings(max_new_tokens=12), seed=0)
@@ -183,7 +171,7 @@ def test_lora_training_forward_gives_the_gradients_of_pefts_forward(tiny_model):
     from molma.models.precision import _float32_outputs
 
     model, tok = tiny_model
-    policy = _lora_policy_with_trained_adapters(model)
+    policy = lora_policy_with_trained_adapters(model)
     ids = tok(["hello there, how are you doing today"], return_tensors="pt")["input_ids"]
     head = output_layers(policy)
 
@@ -214,7 +202,7 @@ def test_a_trainable_base_under_lora_still_gets_its_gradient(tiny_model):
     """molma's LoRA forward runs on a detached copy of the base weight, so a base a user unfroze keeps
     peft's forward and gets its gradient under half precision too."""
     model, tok = tiny_model
-    policy = _lora_policy_with_trained_adapters(model)
+    policy = lora_policy_with_trained_adapters(model)
     layer = next(m for m in policy.modules() if hasattr(m, "lora_A") and m.lora_A)
     base = layer.get_base_layer()
     base.weight.requires_grad_(True)
