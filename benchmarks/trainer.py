@@ -140,6 +140,16 @@ def benchmark_prompts(args) -> list[str]:
     return help_pool[:n_help] + safe_pool[:args.experience - n_help]
 
 
+def benchmark_policy(args):
+    """The trainer's policy (SmolLM2 with LoRA r 8 on a frozen base), its tokenizer and ``--prompts`` rendered with
+    the chat template: what the rollout parts time."""
+    from molma.data.chat import render_prompt
+    from molma.models import load_model
+
+    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
+    return model, tok, [render_prompt(tok, p) for p in benchmark_prompts(args)]
+
+
 def generation_speed(args) -> dict:
     """molma's rollout path in bf16 against plain float32 HF generate, same prompts, alternating, on the
     trainer's policy: SmolLM2 with LoRA adapters (r 8) on a frozen base. (Until 2026-12 this part timed the
@@ -147,14 +157,11 @@ def generation_speed(args) -> dict:
     base was re-cast at every token, and its bf16 rollouts were no faster than fp32.) ``molma_rollout_bf16_padded``
     is the bf16 rollout with the prompt's prefill over the whole padded batch (before molma.models.prefill),
     ``molma_rollout_bf16_groups`` with the prefill by length groups but without the shared prefix (session 13's)."""
-    from molma.data.chat import render_prompt
-    from molma.models import load_model
     from molma.models.precision import autocast
     from molma.rl.rollout import GenerationSettings, generate, tokenize_prompts
 
-    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
+    model, tok, texts = benchmark_policy(args)
     model.eval()
-    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
     enc = tokenize_prompts(tok, texts, 96 if args.prompts == "real" else 256)
     lengths = enc["attention_mask"].sum(dim=1).tolist()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, max_prompt_tokens=enc["input_ids"].shape[1])
@@ -215,14 +222,11 @@ def decoding_speed(args) -> dict:
     both of the session-16 decoding shortcuts, alternating; tokens/s medians, ratios to neither, and whether every
     variant drew the same tokens with the same log-probs in each round (they must: neither shortcut changes a
     number)."""
-    from molma.data.chat import render_prompt
-    from molma.models import load_model
     from molma.models.precision import autocast
     from molma.rl.rollout import GenerationSettings, generate
 
-    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
+    model, tok, texts = benchmark_policy(args)
     model.eval()
-    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, max_prompt_tokens=96)
     variants = {"neither": (False, False), "fused": (True, False), "half_keys": (False, True), "both": (True, True)}
     speeds: dict[str, list[float]] = {name: [] for name in variants}
@@ -247,13 +251,10 @@ def decoding_speed(args) -> dict:
 def policy_and_rollout(args):
     """The trainer's policy (SmolLM2 + LoRA r 8, in training mode) and one bf16 rollout batch of ``--prompts``:
     what the ``lengths`` and ``overhead`` parts time forwards on."""
-    from molma.data.chat import render_prompt
-    from molma.models import load_model
     from molma.models.precision import autocast
     from molma.rl.rollout import GenerationSettings, generate
 
-    model, tok = load_model("smollm2-135m-instruct", lora=LoraSettings(r=8, alpha=16))
-    texts = [render_prompt(tok, p) for p in benchmark_prompts(args)]
+    model, tok, texts = benchmark_policy(args)
     with autocast(model, "bf16", sampling=True):
         batch, _ = generate(model, tok, texts, GenerationSettings(max_new_tokens=args.max_new_tokens,
                                                                   max_prompt_tokens=96), seed=0)
